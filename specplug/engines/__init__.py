@@ -1,0 +1,1 @@
+"""Engine adapters. Only modules below this package import an engine, and only lazily."""
