@@ -1,0 +1,188 @@
+"""DraftTree operations against brute-force recomputation on random trees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specplug.tree import PAD_TOKEN, DraftTree, TreeBatch
+from tests.tree_strategies import random_tree, trees
+
+
+def brute_ancestors(tree: DraftTree, i: int) -> list[int]:
+    """i and every ancestor of i, by walking parent pointers."""
+    out = [i]
+    while tree.parents[out[-1]] >= 0:
+        out.append(int(tree.parents[out[-1]]))
+    return out
+
+
+def token_paths(tree: DraftTree) -> set[tuple[int, ...]]:
+    """Every root-to-node token path (prefix-closed set)."""
+    return {tuple(int(tree.tokens[a]) for a in reversed(brute_ancestors(tree, i))) for i in range(tree.num_nodes)
+            if tree.tokens[i] != PAD_TOKEN}
+
+
+@given(trees())
+@settings(max_examples=150, deadline=None)
+def test_depths_masks_positions_match_brute_force(tree):
+    n = tree.num_nodes
+    for i in range(n):
+        assert tree.depths()[i] == len(brute_ancestors(tree, i))
+    anc = tree.ancestor_mask()
+    for i in range(n):
+        assert set(np.flatnonzero(anc[i])) == set(brute_ancestors(tree, i))
+    prefix = 5
+    mask = tree.attention_mask(prefix)
+    assert mask.shape == (n + 1, prefix + n + 1)
+    assert mask[:, : prefix + 1].all()  # prefix and root visible to all
+    assert not mask[0, prefix + 1 :].any()  # root sees no draft node
+    for i in range(n):
+        assert set(np.flatnonzero(mask[i + 1, prefix + 1 :])) == set(brute_ancestors(tree, i))
+    pos = tree.position_ids(prefix)
+    assert pos[0] == prefix
+    assert list(pos[1:]) == [prefix + len(brute_ancestors(tree, i)) for i in range(n)]
+
+
+@given(trees())
+@settings(max_examples=100, deadline=None)
+def test_paths_cover_every_leaf_once(tree):
+    paths = tree.paths()
+    leaves = {i for i in range(tree.num_nodes) if i not in set(tree.parents.tolist())}
+    assert sorted(p[-1] for p in paths) == sorted(leaves)
+    for p in paths:
+        assert tree.parents[p[0]] == -1
+        for a, b in zip(p, p[1:]):
+            assert tree.parents[b] == a
+
+
+@given(trees(with_scores=True), st.integers(0, 30))
+@settings(max_examples=150, deadline=None)
+def test_prune_keeps_parents_and_respects_budget(tree, budget):
+    pruned = tree.prune(budget)
+    assert pruned.num_nodes == min(budget, tree.num_nodes)
+    # every kept path is a path of the original tree (closed under parents by construction)
+    assert token_paths(pruned) <= token_paths(tree)
+    # best-first: no dropped node whose parent was kept has a higher score than a kept node
+    # that was chosen after it could have been chosen. Check the weaker, exact invariant:
+    # the kept set is what a brute-force best-first search returns.
+    frontier = {int(c) for c in tree.children(-1)}
+    kept = []
+    while frontier and len(kept) < budget:
+        best = max(frontier, key=lambda c: (tree.scores[c], -c))
+        frontier.remove(best)
+        kept.append(best)
+        frontier |= {int(c) for c in tree.children(best)}
+    assert token_paths(pruned) == token_paths(tree.subtree(kept))
+
+
+def test_prune_without_scores_is_breadth_first():
+    t = DraftTree.from_paths([[1, 2, 3], [4, 5], [6]])
+    assert token_paths(t.prune(3)) == {(1,), (4,), (6,)}
+    assert token_paths(t.prune(5)) == {(1,), (4,), (6,), (1, 2), (4, 5)}
+
+
+@given(trees(vocab=4), trees(vocab=4))
+@settings(max_examples=150, deadline=None)
+def test_merge_is_union_of_paths(a, b):
+    m = a.merge(b)
+    assert token_paths(m) == token_paths(a) | token_paths(b)
+    m.validate(distinct_siblings=True)
+
+
+def test_merge_keeps_max_score():
+    a = DraftTree.from_paths([[1, 2]], path_scores=[0.2])
+    b = DraftTree.from_paths([[1, 3]], path_scores=[0.9])
+    m = a.merge(b)
+    assert m.num_nodes == 3
+    assert m.scores[0] == pytest.approx(0.9)
+
+
+@given(trees(with_scores=True))
+@settings(max_examples=100, deadline=None)
+def test_best_path_maximises_cumulative_score(tree):
+    if tree.num_nodes == 0:
+        assert tree.best_path() == []
+        return
+    best = tree.best_path()
+    total = lambda path: sum(float(tree.scores[i]) for i in path)  # noqa: E731
+    candidates = [tree.path_to(i) for i in range(tree.num_nodes)]
+    assert total(best) == pytest.approx(max(total(p) for p in candidates))
+    chain = tree.chain_of_best()
+    assert list(chain.parents) == list(range(-1, chain.num_nodes - 1))
+    assert tree.chain_tokens() == [int(tree.tokens[i]) for i in best]
+
+
+def test_best_path_without_scores_is_longest():
+    t = DraftTree.from_paths([[1, 2], [3, 4, 5], [6]])
+    assert t.chain_tokens() == [3, 4, 5]
+
+
+@given(trees(), st.integers(0, 8))
+@settings(max_examples=100, deadline=None)
+def test_pad_to_adds_inert_nodes(tree, extra):
+    padded = tree.pad_to(tree.num_nodes + extra)
+    assert padded.num_nodes == tree.num_nodes + extra
+    assert (padded.tokens[tree.num_nodes :] == PAD_TOKEN).all()
+    assert token_paths(padded) == token_paths(tree)
+    if tree.num_nodes:
+        with pytest.raises(ValueError, match="prune first"):
+            tree.pad_to(tree.num_nodes - 1)
+
+
+@given(trees(), st.integers(0, 6))
+@settings(max_examples=100, deadline=None)
+def test_sglang_layout_encodes_the_tree(tree, extra):
+    width = tree.num_nodes + 1 + extra
+    toks, mask = tree.to_sglang(root_token=99, width=width, pad_token_id=0)
+    m = mask.reshape(width, width)
+    assert toks[0] == 99 and m[0].sum() == 1 and m[0, 0]
+    # reconstruct each node's parent as its deepest strict ancestor in the mask (what SGLang does)
+    for i in range(1, tree.num_nodes + 1):
+        ancestors = [j for j in range(width) if m[i, j] and j != i]
+        parent = max(ancestors, key=lambda j: m[j].sum())
+        assert parent == tree.parents[i - 1] + 1
+        assert toks[i] == tree.tokens[i - 1]
+    for i in range(tree.num_nodes + 1, width):  # padding: root + itself
+        assert set(np.flatnonzero(m[i])) == {0, i}
+
+
+def test_invalid_trees_name_the_node():
+    with pytest.raises(ValueError, match="node 2: parent 2"):
+        DraftTree([1, 2, 3], [-1, 0, 2])
+    with pytest.raises(ValueError, match="node 1: parent 5"):
+        DraftTree([1, 2], [-1, 5])
+    with pytest.raises(ValueError, match="node 2: token 7 duplicates sibling node 1"):
+        DraftTree([1, 7, 7], [-1, 0, 0])
+    with pytest.raises(ValueError, match="parents has 1"):
+        DraftTree([1, 2], [-1])
+    with pytest.raises(ValueError, match="needs draft_probs"):
+        DraftTree([1], [-1], deterministic=False)
+    q = np.full((2, 3), 1 / 3, np.float32)
+    q[1] = [0.5, 0.25, 0.25]
+    with pytest.raises(ValueError, match="node 1: draft_probs differs from sibling node 0"):
+        DraftTree([0, 1], [-1, -1], draft_probs=q, deterministic=False)
+
+
+def test_from_paths_and_chain():
+    t = DraftTree.from_paths([[5, 6, 7], [5, 8], [9]])
+    assert token_paths(t) == {(5,), (5, 6), (5, 6, 7), (5, 8), (9,)}
+    c = DraftTree.chain([3, 1, 4])
+    assert list(c.parents) == [-1, 0, 1] and list(c.depths()) == [1, 2, 3]
+    assert DraftTree.empty().num_nodes == 0
+    assert DraftTree.empty().attention_mask(3).shape == (1, 4)
+
+
+def test_tree_batch_pads_ragged_trees():
+    rng = np.random.default_rng(0)
+    ts = [random_tree(rng, n, 8) for n in (0, 1, 5, 3)]
+    b = TreeBatch.from_trees(ts, width=6)
+    assert b.tokens.shape == (4, 6) and list(b.num_nodes) == [0, 1, 5, 3]
+    for i, t in enumerate(ts):
+        assert list(b.tokens[i, : t.num_nodes]) == list(t.tokens)
+        assert (b.tokens[i, t.num_nodes :] == PAD_TOKEN).all()
+        assert list(b.depths[i, : t.num_nodes]) == list(t.depths())
+    with pytest.raises(ValueError, match="tree 2 has 5 nodes"):
+        TreeBatch.from_trees(ts, width=4)
