@@ -12,6 +12,7 @@ from specplug import __version__
 # Subcommand modules, imported only to build the parser (each keeps heavy imports inside func).
 SUBCOMMANDS = [
     "specplug.commands.check",
+    "specplug.commands.models",
 ]
 
 

