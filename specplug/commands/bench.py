@@ -1,0 +1,107 @@
+"""`specplug bench` and `specplug demo`: vLLM with no speculation, vLLM's own ngram/suffix and
+specplug methods, side by side on the same prompts in one run.
+
+`demo` is `bench` with small defaults (16 Spec-Bench questions, 128 tokens, concurrency 16 and 1).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+
+def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2' (built offline from the packaged GGUF) or a local HF folder")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="float32 (default) keeps greedy verification exact; bf16 can flip near-ties (docs/benchmarks.md)")
+    p.add_argument("--dataset", default=None, help="Spec-Bench question.jsonl (default: the shipped subset)")
+    p.add_argument("--categories", nargs="*", default=None, help="only these categories")
+    p.add_argument("--num-prompts", type=int, default=num_prompts)
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--max-prompt-tokens", type=int, default=1024)
+    p.add_argument("--concurrency", default=concurrency,
+                   help="comma-separated request concurrencies (requests run in waves of that many); "
+                        "c=1 uses only the first --single-prompts prompts")
+    p.add_argument("--single-prompts", type=int, default=4, help="prompts used for concurrency 1 (sequential requests)")
+    p.add_argument("--config", action="append", default=None,
+                   help="specplug YAML(s) to compare (default: every available method with default options)")
+    p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
+    p.add_argument("--out", default=None, help="folder for results.json, results.md and engine logs")
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("demo", help="SmolLM2 demo: no-spec vs vLLM ngram/suffix vs specplug methods")
+    _common(d, num_prompts=16, max_tokens=128, concurrency="16,1")
+    d.set_defaults(func=run, out_default="specplug-demo")
+    b = sub.add_parser("bench", help="benchmark configurations side by side on a workload")
+    _common(b, num_prompts=32, max_tokens=128, concurrency="16,1")
+    b.set_defaults(func=run, out_default="specplug-bench")
+
+
+def default_specplug_variants():
+    from specplug.bench.suite import Variant
+    from specplug.config import SpecplugConfig
+    from specplug.proposers import available_methods
+
+    out = []
+    for m in available_methods():
+        if m.endswith("_for_tests"):
+            continue
+        cfg = SpecplugConfig(method=m, num_speculative_tokens=16)
+        out.append(Variant(f"specplug {m}", cfg.to_vllm()))
+    return out
+
+
+def run(args) -> int:
+    from specplug.bench import report, suite, workload
+    from specplug.models.smollm2 import resolve_model
+
+    out_dir = Path(args.out or args.out_default)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_dir = resolve_model(args.model, dtype=args.dtype)
+    concs = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    if not concs or min(concs) < 1:
+        raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
+    # Each phase gets its own, disjoint prompts (see engine_run): c=1 phases take
+    # --single-prompts prompts, the others --num-prompts.
+    phases, offset = [], 0
+    for c in concs:
+        n = args.single_prompts if c == 1 else args.num_prompts
+        phases.append({"name": f"c{c}", "concurrency": c, "offset": offset, "num": n})
+        offset += n
+    rows = workload.pick(workload.load_questions(args.dataset), offset, args.categories)
+    if len(rows) < offset:
+        raise ValueError(f"--num-prompts/--single-prompts: need {offset} questions, the dataset has {len(rows)}")
+    prompts = workload.chat_prompts(model_dir, rows, args.max_prompt_tokens)
+    variants = [suite.Variant("no speculation", None)]
+    if not args.no_builtin:
+        variants += suite.vllm_builtin_variants()
+    variants += suite.specplug_variants(args.config) if args.config else default_specplug_variants()
+    base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
+            "prompts": [p.token_ids for p in prompts], "phases": phases}
+    print(f"[specplug] {len(prompts)} prompts x {args.max_tokens} greedy tokens on {model_dir} ({args.dtype}); "
+          f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)", flush=True)
+    t0 = time.time()
+    results = suite.run_suite(variants, base, out_dir / "logs")
+    table = report.rows(results)
+    md = report.markdown(table)
+    print(md)
+    import vllm
+    import torch
+
+    meta = {"command": "specplug " + " ".join(_argv()), "machine": f"{platform.machine()} {platform.processor() or ''}, "
+            f"{__import__('os').cpu_count()} cores", "vllm": vllm.__version__, "torch": torch.__version__,
+            "model": model_dir, "dtype": args.dtype, "wall_s": time.time() - t0,
+            "categories": sorted({p.category for p in prompts})}
+    (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
+    (out_dir / "results.md").write_text(f"Command: `{meta['command']}`\n\n{md}\n")
+    print(f"[specplug] wrote {out_dir}/results.json and results.md ({meta['wall_s']:.0f} s)")
+    return 0 if all(r.result.get("ok") or r.result.get("skipped") for r in results) else 1
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
