@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     "specplug.commands.check",
     "specplug.commands.models",
     "specplug.commands.bench",
+    "specplug.commands.trace",
 ]
 
 

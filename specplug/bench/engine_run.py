@@ -61,7 +61,8 @@ def run(req: dict) -> dict:
         max_num_seqs=req.get("max_num_seqs", 64),
     )
     start_s = time.time() - t0
-    params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"])
+    topk = req.get("logprobs")  # record the target's top-k per output position (traces)
+    params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"], logprobs=topk)
     llm.generate([{"prompt_token_ids": req["prompts"][0][:8]}], SamplingParams(temperature=0.0, max_tokens=4),
                  use_tqdm=False)  # warm-up: first-call overheads are not part of any phase
     phases = {}
@@ -73,11 +74,15 @@ def run(req: dict) -> dict:
         conc = phase["concurrency"]
         before = _spec_counters(llm)
         outputs: list[list[int]] = []
+        topks: list[list[list[int]]] = []
         t = time.perf_counter()
         for i in range(0, len(prompts), conc):  # waves of `conc` requests
             wave = [{"prompt_token_ids": p} for p in prompts[i : i + conc]]
             for o in llm.generate(wave, params, use_tqdm=False):
                 outputs.append(list(o.outputs[0].token_ids))
+                if topk:
+                    topks.append([[tid for tid, _ in sorted(pos.items(), key=lambda kv: kv[1].rank)][:topk]
+                                  for pos in o.outputs[0].logprobs])
         elapsed = time.perf_counter() - t
         after = _spec_counters(llm)
         phases[phase["name"]] = {
@@ -86,6 +91,7 @@ def run(req: dict) -> dict:
             "elapsed_s": elapsed,
             "output_tokens": sum(len(o) for o in outputs),
             "outputs": outputs,
+            **({"topk": topks} if topk else {}),
             **{k: after[k] - before[k] for k in after},
         }
     return {"ok": True, "engine_start_s": start_s, "phases": phases}

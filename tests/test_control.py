@@ -1,0 +1,108 @@
+"""Goodput controller on simulated cost models: off when verify cost outweighs the expected gain,
+on when acceptance is high, learned online from measurements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specplug.control import AcceptanceTracker, GoodputController, LinearCostModel, expected_tokens
+
+
+def test_cost_model_recovers_a_linear_step_time():
+    rng = np.random.default_rng(0)
+    m = LinearCostModel(forgetting=1.0)
+    for _ in range(200):
+        n = int(rng.integers(1, 300))
+        m.observe(n, 0.01 + 0.0002 * n + rng.normal(scale=1e-4))
+    assert m.identified
+    assert m.predict(0) == pytest.approx(0.01, abs=5e-4)
+    assert m.predict(250) == pytest.approx(0.01 + 0.05, rel=0.02)
+
+
+def test_expected_tokens_geometric():
+    assert expected_tokens(0.0, 5) == 1.0
+    assert expected_tokens(1.0, 5) == 6.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def _controller(a: float, b: float, alpha: float, max_budget: int = 8) -> GoodputController:
+    c = GoodputController(max_budget=max_budget)
+    for n in range(1, 400, 7):  # a memory-bound engine: flat until tokens cost real compute
+        c.observe_step(n, a + b * n)
+    c.acceptance = AcceptanceTracker(prior=alpha, prior_weight=1e9)  # known acceptance
+    return c
+
+
+def test_speculates_fully_when_tokens_are_cheap_and_acceptance_high():
+    c = _controller(a=0.05, b=1e-5, alpha=0.8)
+    plan = c.plan(["r1"])
+    assert plan == {"r1": 8}
+
+
+def test_turns_off_when_verify_is_compute_bound():
+    # every extra token costs as much as a whole request's decode: nothing can pay for it
+    c = _controller(a=0.0, b=0.01, alpha=0.9)
+    assert set(c.plan([f"r{i}" for i in range(32)]).values()) == {0}
+
+
+def test_turns_off_when_acceptance_is_low():
+    c = _controller(a=0.02, b=0.002, alpha=0.02)
+    assert set(c.plan(["a", "b", "c", "d"]).values()) == {0}
+
+
+def test_high_acceptance_requests_get_the_budget_first():
+    c = GoodputController(max_budget=6)
+    for n in range(1, 200, 5):
+        c.observe_step(n, 0.02 + 0.0015 * n)
+    for _ in range(50):
+        c.observe_request("good", drafted=6, accepted=6)
+        c.observe_request("bad", drafted=6, accepted=0)
+    plan = c.plan(["good", "bad"])
+    assert plan["good"] > 0 and plan["bad"] == 0
+
+
+def test_budget_shrinks_as_load_grows():
+    c = _controller(a=0.02, b=0.0004, alpha=0.7)
+    per_request = [np.mean(list(c.plan(list(range(b))).values())) for b in (1, 8, 64, 256)]
+    assert per_request[0] > 0
+    assert all(x >= y for x, y in zip(per_request, per_request[1:]))
+    assert per_request[-1] == 0
+
+
+def simulate(policy, batch: int, alpha: float, a: float, b: float, steps: int, seed: int,
+             learner: GoodputController | None = None) -> float:
+    """Tokens per second of a simulated engine whose requests accept each draft token w.p. alpha;
+    ``learner`` (if given) is fed the measurements, as the engine adapters do."""
+    rng = np.random.default_rng(seed)
+    tokens, seconds = 0, 0.0
+    reqs = list(range(batch))
+    for _ in range(steps):
+        budgets = policy(reqs)
+        n = sum(1 + budgets[r] for r in reqs)
+        t = a + b * n
+        seconds += t
+        for r in reqs:
+            k = budgets[r]
+            acc = 0
+            while acc < k and rng.random() < alpha:
+                acc += 1
+            tokens += acc + 1
+            if learner:
+                learner.observe_request(r, k, acc)
+        if learner:
+            learner.observe_step(n, t)
+    return tokens / seconds
+
+
+@pytest.mark.parametrize("batch", [1, 4, 16, 64])
+def test_online_controller_is_never_worse_than_no_speculation(batch):
+    """Learned from scratch (no priors on cost or acceptance), over a load sweep."""
+    a, b, alpha = 0.02, 0.0004, 0.6
+    ctl = GoodputController(max_budget=8)
+    learned = simulate(ctl.plan, batch, alpha, a, b, steps=400, seed=1, learner=ctl)
+    none = simulate(lambda rs: {r: 0 for r in rs}, batch, alpha, a, b, steps=400, seed=1)
+    fixed = {k: simulate(lambda rs, k=k: {r: k for r in rs}, batch, alpha, a, b, steps=400, seed=1) for k in (2, 4, 8)}
+    best = max(max(fixed.values()), none)
+    assert learned >= 0.97 * none
+    assert learned >= 0.9 * best
