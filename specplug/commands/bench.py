@@ -97,6 +97,10 @@ def run(args) -> int:
             "categories": sorted({p.category for p in prompts})}
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": table}, indent=2))
     (out_dir / "results.md").write_text(f"Command: `{meta['command']}`\n\n{md}\n")
+    from specplug.bench.plots import write_plots
+
+    for png in write_plots(table, out_dir):
+        print(f"[specplug] plot: {png}")
     print(f"[specplug] wrote {out_dir}/results.json and results.md ({meta['wall_s']:.0f} s)")
     return 0 if all(r.result.get("ok") or r.result.get("skipped") for r in results) else 1
 
