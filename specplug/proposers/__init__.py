@@ -51,3 +51,6 @@ __all__ = [
     "get_proposer_class",
     "KNOWN_METHODS",
 ]
+
+# ---- implemented methods
+register("suffix", "specplug.proposers.suffix:SuffixProposer")

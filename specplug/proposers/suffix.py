@@ -1,0 +1,255 @@
+"""SuffixDecoding (Oliaro et al., arXiv 2411.04975): model-free drafting from suffix trees.
+
+Two kinds of trie (specplug/proposers/suffix_tree.py):
+- a *local* trie per active request over its prompt + output so far;
+- a *global* trie over the outputs of past requests (FIFO-bounded by count and bytes), one per
+  tenant when tenant isolation is on, so tenants never draft from each other's responses.
+
+Each step, for every match length p (the last p context tokens found in a trie), a draft of at
+most min(budget, floor(alpha * p + offset)) tokens grows from the matched node:
+- tree mode: best-first by path probability (product of child/parent count ratios), keeping
+  nodes with path probability >= min_token_prob (the paper's greedy speculation-tree expansion);
+- path mode: follow the most frequent child while the path probability stays >= min_token_prob.
+A draft's score is the sum of its node probabilities (the expected number of accepted tokens
+under the frequency model); the best-scoring draft over all p and both tries wins (ties: the
+longer match). Frequencies are only used to *choose* tokens: verification is sample-and-match,
+never rejection sampling with these frequencies as q.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
+from specplug.proposers.suffix_tree import SuffixTrie
+from specplug.tree import DraftTree
+
+
+class SuffixOptions(ProposerOptions):
+    max_depth: int = Field(24, ge=1, le=256, description="suffix trie depth (longest match and draft)")
+    max_spec_factor: float = Field(1.0, gt=0, description="alpha: draft budget = alpha * match length + offset")
+    max_spec_offset: float = Field(0.0, description="offset in the draft budget")
+    min_token_prob: float = Field(0.1, ge=0.0, le=1.0, description="drop draft nodes below this path probability")
+    max_cached_requests: int = Field(10000, ge=0, description="past responses kept in the global trie; 0 disables it")
+    max_cache_bytes: int | None = Field(None, ge=0, description="approximate byte cap of the global trie")
+    mode: Literal["tree", "path"] = Field("tree", description="tree: best-first tree; path: best single path")
+    tenant_isolation: bool = Field(False, description="one global trie per tenant key")
+
+
+@dataclass
+class _Draft:
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    score: float = 0.0
+    match_len: int = 0
+
+
+@dataclass
+class _Request:
+    tenant: object
+    tokens: list[int]  # prompt + output as seen so far
+    num_prompt: int
+    local: SuffixTrie
+    global_epoch: int = -1  # epoch of the global trie the cached match belongs to
+    global_match: list[int] = field(default_factory=list)  # node of context[-p:] for p = 1..
+
+
+class SuffixProposer(Proposer):
+    name = "suffix"
+    Options = SuffixOptions
+
+    def __init__(self, options: SuffixOptions, num_speculative_tokens: int):
+        super().__init__(options, num_speculative_tokens)
+        self._reqs: dict[str, _Request] = {}
+        self._global: dict[object, SuffixTrie] = {}
+        self._fifo: dict[object, deque] = {}
+        self._epoch: dict[object, int] = {}
+        self._seq_counter = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def _tenant_key(self, tenant):
+        return tenant if self.options.tenant_isolation else None
+
+    def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
+        if req_id in self._reqs:  # a reused request id: the old request is over
+            self.stop(req_id)
+        local = SuffixTrie(self.options.max_depth)
+        tokens = [int(t) for t in prompt_ids]
+        local.add_sequence(0, tokens)
+        self._reqs[req_id] = _Request(self._tenant_key(tenant), tokens, len(tokens), local)
+
+    def observe(self, req_id: str, accepted_ids, info: VerifyInfo | None = None) -> None:
+        req = self._reqs.get(req_id)
+        if req is None:
+            return
+        for t in accepted_ids:
+            self._append(req, int(t))
+
+    def stop(self, req_id: str) -> None:
+        req = self._reqs.pop(req_id, None)
+        if req is None or self.options.max_cached_requests == 0:
+            return
+        response = req.tokens[req.num_prompt :]
+        if not response:
+            return
+        trie = self._global_trie(req.tenant)
+        self._seq_counter += 1
+        trie.add_sequence(self._seq_counter, response)
+        fifo = self._fifo[req.tenant]
+        fifo.append(self._seq_counter)
+        cap_bytes = self.options.max_cache_bytes
+        while fifo and (len(fifo) > self.options.max_cached_requests
+                        or (cap_bytes is not None and trie.approx_bytes() > cap_bytes)):
+            trie.remove_sequence(fifo.popleft())
+        self._epoch[req.tenant] += 1
+
+    def _global_trie(self, tenant) -> SuffixTrie:
+        if tenant not in self._global:
+            self._global[tenant] = SuffixTrie(self.options.max_depth)
+            self._fifo[tenant] = deque()
+            self._epoch[tenant] = 0
+        return self._global[tenant]
+
+    def _append(self, req: _Request, token: int) -> None:
+        req.tokens.append(token)
+        req.local.append(0, token)
+        # Incremental global match: the node of context[-(p+1):] is the child, by the new token,
+        # of the node of the old context[-p:]; the list stays contiguous from p = 1.
+        trie = self._global.get(req.tenant)
+        if trie is None or req.global_epoch != self._epoch.get(req.tenant):
+            return  # recomputed lazily at the next propose
+        new = []
+        first = trie.child(0, token)
+        if first >= 0:
+            new.append(first)
+            for node in req.global_match:
+                if trie.depth[node] >= trie.max_depth:
+                    break
+                nxt = trie.child(node, token)
+                if nxt < 0:
+                    break
+                new.append(nxt)
+        req.global_match = new
+
+    # ------------------------------------------------------------------ drafting
+    def _sync(self, r: ReqState) -> _Request:
+        req = self._reqs.get(r.req_id)
+        if req is None:
+            self.start(r.req_id, r.token_ids[: r.num_prompt_tokens], r.tenant)
+            req = self._reqs[r.req_id]
+        n = len(r.token_ids)
+        if n > len(req.tokens):  # tokens the engine committed that observe() did not report
+            for t in r.token_ids[len(req.tokens) :]:
+                self._append(req, int(t))
+        return req
+
+    def _global_matches(self, req: _Request) -> list[int]:
+        trie = self._global.get(req.tenant)
+        if trie is None or trie.num_sequences == 0:
+            return []
+        if req.global_epoch != self._epoch[req.tenant]:
+            req.global_match = trie.match(req.tokens, trie.max_depth)
+            req.global_epoch = self._epoch[req.tenant]
+        return req.global_match
+
+    def _budget(self, p: int, cap: int) -> int:
+        o = self.options
+        return max(0, min(cap, int(math.floor(o.max_spec_factor * p + o.max_spec_offset))))
+
+    def _draft_from(self, trie: SuffixTrie, node: int, max_tokens: int, tree: bool) -> _Draft:
+        d = _Draft()
+        min_p = self.options.min_token_prob
+        count, children, token = trie.count, trie.children, trie.token
+        if not tree:
+            prob, cur, parent = 1.0, node, -1
+            while len(d.tokens) < max_tokens:
+                kids = children[cur]
+                if not kids:
+                    break
+                best = max(kids.values(), key=lambda c: (count[c], -token[c]))
+                prob *= count[best] / count[cur]
+                if prob < min_p:
+                    break
+                d.tokens.append(token[best])
+                d.parents.append(parent)
+                d.probs.append(prob)
+                parent, cur = len(d.tokens) - 1, best
+        else:
+            heap: list[tuple[float, int, int, int]] = []
+            tie = 0
+            for c in (children[node] or {}).values():
+                p = count[c] / count[node]
+                if p >= min_p:
+                    heap.append((-p, tie, c, -1))
+                    tie += 1
+            heapq.heapify(heap)
+            while heap and len(d.tokens) < max_tokens:
+                negp, _, c, parent = heapq.heappop(heap)
+                idx = len(d.tokens)
+                d.tokens.append(token[c])
+                d.parents.append(parent)
+                d.probs.append(-negp)
+                for g in (children[c] or {}).values():
+                    p = -negp * count[g] / count[c]
+                    if p >= min_p:
+                        heapq.heappush(heap, (-p, tie, g, idx))
+                        tie += 1
+        d.score = float(sum(d.probs))
+        return d
+
+    def _best_draft(self, trie: SuffixTrie, matches: list[int], cap: int, tree: bool) -> _Draft:
+        best = _Draft()
+        # Longest match first: budgets shrink with p, so once the best score reaches the budget
+        # of the current p no shorter match can beat it (scores are sums of probabilities <= 1).
+        for p in range(len(matches), 0, -1):
+            budget = self._budget(p, cap)
+            if best.tokens and best.score >= budget:
+                break
+            if budget == 0:
+                continue
+            d = self._draft_from(trie, matches[p - 1], budget, tree)
+            d.match_len = p
+            if d.score > best.score or (not best.tokens and d.tokens):
+                best = d
+        return best
+
+    def propose(self, batch: list[ReqState], budget: list[Budget]) -> list[DraftTree]:
+        out = []
+        for r, b in zip(batch, budget):
+            req = self._sync(r)
+            cap = min(b.max_nodes, self.num_speculative_tokens)
+            if cap <= 0:
+                out.append(DraftTree.empty())
+                continue
+            tree = b.tree and self.options.mode == "tree"
+            # Local trie: the active nodes are exactly the matches of the context's suffixes.
+            local_matches = list(req.local.active_nodes(0))
+            best = self._best_draft(req.local, local_matches, cap, tree)
+            trie = self._global.get(req.tenant)
+            if trie is not None:
+                g = self._best_draft(trie, self._global_matches(req), cap, tree)
+                if g.score > best.score or (g.score == best.score and g.match_len > best.match_len):
+                    best = g
+            if not best.tokens:
+                out.append(DraftTree.empty())
+                continue
+            out.append(DraftTree(np.asarray(best.tokens), np.asarray(best.parents),
+                                 scores=np.asarray(best.probs, np.float32)))
+        return out
+
+    # ------------------------------------------------------------------ introspection
+    def global_cache_stats(self) -> dict:
+        return {
+            "tenants": len(self._global),
+            "cached_requests": sum(t.num_sequences for t in self._global.values()),
+            "nodes": sum(t.num_nodes for t in self._global.values()),
+            "approx_bytes": sum(t.approx_bytes() for t in self._global.values()),
+        }

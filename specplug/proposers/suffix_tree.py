@@ -1,0 +1,144 @@
+"""Depth-bounded suffix trie over token sequences (the data structure of SuffixDecoding,
+arXiv 2411.04975), uncompressed, with per-node occurrence counts.
+
+Every suffix of every stored sequence, truncated to ``max_depth`` tokens, is a root path; a
+node's count is how many stored (position, sequence) occurrences pass through it. Appending a
+token costs O(max_depth): each sequence keeps its *active nodes*, the nodes where the suffixes
+that started in its last ``max_depth`` positions currently end.
+
+Nodes live in flat Python lists (children dicts, counts, depths) indexed by int ids; removed
+nodes go to a free list. ``approx_bytes`` is an estimate (documented constants), used to keep the
+global cache under a byte cap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+# Estimated cost of one node: a dict slot in its parent plus list entries, and an empty children
+# dict created lazily. Measured with sys.getsizeof on CPython 3.11 (dict ~64-232 B, list slots 8 B).
+NODE_BYTES = 160
+
+
+class SuffixTrie:
+    def __init__(self, max_depth: int):
+        if max_depth < 1:
+            raise ValueError(f"max_depth: must be >= 1, got {max_depth}")
+        self.max_depth = max_depth
+        self.children: list[dict[int, int] | None] = [{}]
+        self.count: list[int] = [0]
+        self.depth: list[int] = [0]
+        self.parent: list[int] = [-1]
+        self.token: list[int] = [-1]
+        self._free: list[int] = []
+        self.num_nodes = 1
+        self.version = 0  # bumped on removal: cached node ids may be stale
+        # seq_id -> (tokens, active node ids)
+        self._seqs: dict[object, tuple[list[int], deque]] = {}
+
+    # ------------------------------------------------------------------ structure
+    def _new_node(self, parent: int, token: int) -> int:
+        if self._free:
+            n = self._free.pop()
+            self.children[n] = None
+            self.count[n] = 0
+            self.depth[n] = self.depth[parent] + 1
+            self.parent[n] = parent
+            self.token[n] = token
+        else:
+            n = len(self.count)
+            self.children.append(None)
+            self.count.append(0)
+            self.depth.append(self.depth[parent] + 1)
+            self.parent.append(parent)
+            self.token.append(token)
+        kids = self.children[parent]
+        if kids is None:
+            kids = self.children[parent] = {}
+        kids[token] = n
+        self.num_nodes += 1
+        return n
+
+    def child(self, node: int, token: int) -> int:
+        kids = self.children[node]
+        return -1 if kids is None else kids.get(token, -1)
+
+    # ------------------------------------------------------------------ sequences
+    def has(self, seq_id) -> bool:
+        return seq_id in self._seqs
+
+    def sequence(self, seq_id) -> list[int]:
+        return self._seqs[seq_id][0]
+
+    def add_sequence(self, seq_id, tokens=()) -> None:
+        if seq_id in self._seqs:
+            raise ValueError(f"sequence {seq_id!r} is already stored")
+        self._seqs[seq_id] = ([], deque())
+        self.extend(seq_id, tokens)
+
+    def extend(self, seq_id, tokens) -> None:
+        for t in tokens:
+            self.append(seq_id, int(t))
+
+    def append(self, seq_id, token: int) -> None:
+        """O(max_depth): extend every suffix that started in the last max_depth positions."""
+        seq, active = self._seqs[seq_id]
+        seq.append(token)
+        active.appendleft(0)  # the suffix starting at this token
+        count, children, max_depth = self.count, self.children, self.max_depth
+        for i in range(len(active)):
+            node = active[i]
+            kids = children[node]
+            nxt = -1 if kids is None else kids.get(token, -1)
+            if nxt < 0:
+                nxt = self._new_node(node, token)
+            count[nxt] += 1
+            active[i] = nxt
+        if len(active) and self.depth[active[-1]] >= max_depth:
+            active.pop()  # that suffix reached the depth bound
+
+    def active_nodes(self, seq_id) -> deque:
+        """Nodes of the suffixes of ``seq_id`` that end at its last token, shortest first."""
+        return self._seqs[seq_id][1]
+
+    def remove_sequence(self, seq_id) -> None:
+        """Decrement every occurrence the sequence contributed; free nodes whose count hits 0."""
+        seq, _ = self._seqs.pop(seq_id)
+        count, children = self.count, self.children
+        dead = []
+        for start in range(len(seq)):
+            node = 0
+            for tok in seq[start : start + self.max_depth]:
+                node = children[node][tok]
+                count[node] -= 1
+                if count[node] == 0:
+                    dead.append(node)
+        # a zero-count node's whole subtree is zero too; free deepest first so parents go last
+        for n in sorted(dead, key=lambda n: -self.depth[n]):
+            del children[self.parent[n]][self.token[n]]
+            self.parent[n] = -1
+            self._free.append(n)
+            self.num_nodes -= 1
+        self.version += 1
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._seqs)
+
+    def approx_bytes(self) -> int:
+        return self.num_nodes * NODE_BYTES + 8 * sum(len(s) for s, _ in self._seqs.values())
+
+    # ------------------------------------------------------------------ matching
+    def match(self, context, max_len: int) -> list[int]:
+        """Node ids of context[-p:] for p = 1..max_len while they exist (stops at the first miss:
+        a longer suffix cannot match if a shorter one does not)."""
+        out = []
+        n = len(context)
+        for p in range(1, min(max_len, n) + 1):
+            node = 0
+            for tok in context[n - p :]:
+                node = self.child(node, int(tok))
+                if node < 0:
+                    return out
+            out.append(node)
+        return out
