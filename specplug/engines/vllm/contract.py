@@ -1,0 +1,88 @@
+"""Load-time contract check: every vLLM symbol specplug touches must exist with the parameters
+the patches expect. On any mismatch nothing is patched and the error names the symbol, what was
+expected, what was found and the installed vLLM version."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+
+from specplug.engines.vllm import SUPPORTED_VLLM_VERSIONS
+
+ALLOW_UNTESTED_ENV = "SPECPLUG_ALLOW_UNTESTED_VLLM"
+
+
+class VllmContractError(RuntimeError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """``module:Qualified.name`` must exist; for callables, ``params`` must be a prefix of its
+    parameter names; for dataclasses, ``fields`` must be among its fields."""
+
+    target: str
+    params: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+
+
+REQUIREMENTS = (
+    Requirement("vllm.engine.arg_utils:EngineArgs.add_cli_args", params=("parser",)),
+    Requirement("vllm.engine.arg_utils:EngineArgs.create_speculative_config",
+                params=("self", "target_model_config", "target_parallel_config")),
+    Requirement("vllm.engine.arg_utils:EngineArgs", fields=("speculative_config", "additional_config")),
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner.propose_draft_token_ids",
+                params=("self", "scheduler_output", "sampled_token_ids")),
+    Requirement("vllm.v1.spec_decode.custom_class_proposer:create_custom_proposer", params=("vllm_config",)),
+    Requirement("vllm.v1.core.sched.output:SchedulerOutput", fields=("scheduled_new_reqs", "finished_req_ids")),
+    Requirement("vllm.v1.core.sched.output:NewRequestData", fields=("req_id", "prompt_token_ids")),
+)
+
+
+def resolve(target: str):
+    module, _, qual = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def installed_version() -> str:
+    import vllm
+
+    return getattr(vllm, "__version__", "unknown")
+
+
+def check() -> None:
+    """Raise VllmContractError describing every broken requirement."""
+    version = installed_version()
+    problems = []
+    if version not in SUPPORTED_VLLM_VERSIONS and os.environ.get(ALLOW_UNTESTED_ENV) != "1":
+        problems.append(
+            f"vLLM {version} is not a version specplug was checked against ({', '.join(SUPPORTED_VLLM_VERSIONS)}); "
+            f"set {ALLOW_UNTESTED_ENV}=1 to try anyway (the symbol checks below still apply)"
+        )
+    for req in REQUIREMENTS:
+        try:
+            obj = resolve(req.target)
+        except (ImportError, AttributeError) as e:
+            problems.append(f"{req.target}: missing ({type(e).__name__}: {e})")
+            continue
+        if req.params:
+            try:
+                names = tuple(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                names = ()
+            if names[: len(req.params)] != req.params:
+                problems.append(f"{req.target}: expected parameters {req.params}, found {names}")
+        if req.fields:
+            have = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else set(dir(obj))
+            missing = [f for f in req.fields if f not in have]
+            if missing:
+                problems.append(f"{req.target}: missing fields {missing}")
+    if problems:
+        raise VllmContractError(
+            f"specplug cannot plug into vLLM {version}:\n  - " + "\n  - ".join(problems)
+        )

@@ -1,0 +1,110 @@
+"""SpecplugProposer: the object vLLM's `custom_class` hook builds in each worker.
+
+vLLM calls ``propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)`` once per step with
+per-ROW data; the BindRequestIds patch hands us the runner's input batch (row -> request id) and
+the scheduler output just before, so specplug's proposers keep per-request state across steps:
+- new requests (scheduler_output.scheduled_new_reqs) -> proposer.start (a reused id restarts);
+- finished or aborted requests (scheduler_output.finished_req_ids) -> proposer.stop;
+- tokens committed this step (sampled_token_ids[row]) -> proposer.observe.
+The proposer returns a tree; vLLM's stock hook verifies chains, so we hand it the best path
+(exact by vLLM's own rejection sampler: greedy match, or p(x) acceptance for deterministic drafts).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from specplug.config import SpecplugConfig
+from specplug.proposers.base import Budget, ReqState
+
+logger = logging.getLogger("specplug.vllm")
+
+
+class SpecplugProposer:
+    def __init__(self, vllm_config):
+        payload = (getattr(vllm_config, "additional_config", None) or {}).get("specplug")
+        if payload is None:
+            from specplug.engines.vllm.plugin import contract_error
+
+            why = contract_error()
+            raise RuntimeError(
+                "specplug's vLLM plugin did not pass the specplug settings to this worker "
+                + (f"because it refused to load:\n{why}" if why else
+                   "(is the plugin allowed? if VLLM_PLUGINS is set it must include 'specplug'; "
+                   "build the config with SpecplugConfig(...).to_vllm() or a --speculative-config file)")
+            )
+        self.config = SpecplugConfig.from_dict(payload)
+        self.proposer = self.config.build_proposer()
+        self.k = int(vllm_config.speculative_config.num_speculative_tokens)
+        self.max_model_len = int(vllm_config.model_config.max_model_len)
+        self._input_batch = None
+        self._sched = None
+        self._started: set[str] = set()
+        self._failed_once = False
+        logger.info("specplug: %s proposer active in this worker (chain verification, k=%d)",
+                    self.config.method, self.k)
+
+    # vLLM lifecycle -----------------------------------------------------------------
+    def load_model(self, target_model) -> None:
+        self.target_model = target_model  # model-free proposers ignore it
+
+    def bind_step(self, input_batch, scheduler_output) -> None:
+        self._input_batch = input_batch
+        self._sched = scheduler_output
+
+    def _sync_lifecycle(self) -> None:
+        s = self._sched
+        for rid in getattr(s, "finished_req_ids", ()) or ():
+            if rid in self._started:
+                self.proposer.stop(rid)
+                self._started.discard(rid)
+        for new in getattr(s, "scheduled_new_reqs", ()) or ():
+            if new.req_id in self._started:  # reused request id: the old one is over
+                self.proposer.stop(new.req_id)
+            self.proposer.start(new.req_id, new.prompt_token_ids or [])
+            self._started.add(new.req_id)
+
+    def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None):
+        out: list[list[int]] = [[] for _ in sampled_token_ids]
+        if self._input_batch is None:
+            raise RuntimeError(
+                "specplug: request ids were not bound before propose(); the BindRequestIds patch "
+                "of GPUModelRunner.propose_draft_token_ids is not active in this worker"
+            )
+        self._sync_lifecycle()
+        req_ids = self._input_batch.req_ids
+        num_prompt = self._input_batch.num_prompt_tokens
+        k_sched = int(getattr(self._sched, "num_spec_tokens_to_schedule", 0) or 0)
+        k = min(self.k, k_sched) if k_sched > 0 else self.k
+        rows, batch, budgets = [], [], []
+        for row, sampled in enumerate(sampled_token_ids):
+            if not sampled:  # a prefill chunk: nothing was sampled, nothing to draft
+                continue
+            rid = req_ids[row]
+            n = int(num_tokens_no_spec[row])
+            if rid not in self._started:  # e.g. the plugin was bound after the request arrived
+                self.proposer.start(rid, token_ids_cpu[row, : int(num_prompt[row])].tolist())
+                self._started.add(rid)
+            else:
+                self.proposer.observe(rid, [int(t) for t in sampled])
+            cap = min(k, self.max_model_len - n - 1)
+            if cap <= 0:
+                continue
+            rows.append(row)
+            batch.append(ReqState(rid, np.asarray(token_ids_cpu[row, :n]), int(num_prompt[row])))
+            budgets.append(Budget(cap, tree=False))
+        if not batch:
+            return out
+        try:
+            trees = self.proposer.propose(batch, budgets)
+        except Exception:  # drafting is an optimisation: never take the engine down with it
+            if not self._failed_once:
+                logger.exception("specplug: %s proposer raised; drafting nothing this step "
+                                 "(further failures are not logged)", self.config.method)
+                self._failed_once = True
+            return out
+        for row, tree, b in zip(rows, trees, budgets):
+            out[row] = tree.chain_tokens()[: b.max_nodes]
+        return out
