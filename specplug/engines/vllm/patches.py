@@ -25,7 +25,7 @@ import json
 import logging
 import os
 
-logger = logging.getLogger("specplug.vllm")
+logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
 
 CHECKED_VERSIONS = ("0.32.0",)
 _MARK = "_specplug_patched"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-logger = logging.getLogger("specplug.vllm")
+logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
 _state = {"done": False, "error": None}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from specplug.config import SpecplugConfig
 from specplug.proposers.base import Budget, ReqState
 
-logger = logging.getLogger("specplug.vllm")
+logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
 
 
 class SpecplugProposer:

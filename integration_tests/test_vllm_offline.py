@@ -1,0 +1,64 @@
+"""Every specplug method inside real vLLM (CPU, fp32 tiny Llama): greedy output must be
+token-identical to vLLM without speculation, and speculation must actually happen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specplug.bench.suite import Variant, run_variant
+from specplug.config import SpecplugConfig
+from specplug.proposers import available_methods
+
+pytestmark = pytest.mark.integration
+
+MAX_MODEL_LEN = 384
+MAX_TOKENS = 96
+
+
+def prompts() -> list[list[int]]:
+    """56 prompts: random, repetitive, near-copies of each other, and long ones that run into
+    max_model_len (prompt + max_tokens > MAX_MODEL_LEN, so generation stops at the limit)."""
+    rng = np.random.default_rng(0)
+    out = [rng.integers(2, 1024, size=int(rng.integers(4, 60))).tolist() for _ in range(20)]
+    for i in range(16):
+        motif = rng.integers(2, 1024, size=int(rng.integers(2, 9))).tolist()
+        out.append((motif * 40)[: int(rng.integers(10, 120))])
+    base = rng.integers(2, 1024, size=80).tolist()
+    for i in range(12):
+        edit = list(base)
+        edit[int(rng.integers(0, 80))] = int(rng.integers(2, 1024))
+        out.append(edit)
+    for i in range(8):
+        out.append(rng.integers(2, 1024, size=int(rng.integers(300, 370))).tolist())
+    return out
+
+
+def run(model: str, spec: dict | None, label: str, tmp_path) -> dict:
+    req = {"model": model, "dtype": "float32", "max_model_len": MAX_MODEL_LEN, "max_tokens": MAX_TOKENS,
+           "prompts": prompts(), "phases": [{"name": "batch", "concurrency": 64},
+                                            {"name": "single", "concurrency": 1, "offset": 20, "num": 3}]}
+    res = run_variant(Variant(label, spec), req, tmp_path / "logs")
+    assert res.get("ok"), res.get("error")
+    return res["phases"]
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model, tmp_path_factory):
+    return run(tiny_model, None, "no spec", tmp_path_factory.mktemp("base"))
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if not m.endswith("_for_tests")])
+def test_greedy_output_identical_to_no_speculation(method, tiny_model, baseline, tmp_path):
+    cfg = SpecplugConfig(method=method, num_speculative_tokens=8)
+    got = run(tiny_model, cfg.to_vllm(), method, tmp_path)
+    for phase in ("batch", "single"):
+        want = baseline[phase]["outputs"]
+        diff = [i for i, (a, b) in enumerate(zip(got[phase]["outputs"], want)) if a != b]
+        assert not diff, f"{method}/{phase}: prompts {diff} differ from no speculation"
+        assert len(got[phase]["outputs"]) == len(want)
+    # not vacuous: drafts were made and some were accepted
+    assert got["batch"]["num_draft_tokens"] > 0 and got["batch"]["num_accepted_tokens"] > 0
+    # the long prompts ran into max_model_len rather than max_tokens
+    lengths = [len(p) + len(o) for p, o in zip(prompts(), baseline["batch"]["outputs"])]
+    assert max(lengths) == MAX_MODEL_LEN
