@@ -15,6 +15,7 @@ SUBCOMMANDS = [
     "specplug.commands.models",
     "specplug.commands.bench",
     "specplug.commands.trace",
+    "specplug.commands.replay",
 ]
 
 
