@@ -54,3 +54,4 @@ __all__ = [
 
 # ---- implemented methods
 register("suffix", "specplug.proposers.suffix:SuffixProposer")
+register("recycling", "specplug.proposers.recycling:RecyclingProposer")

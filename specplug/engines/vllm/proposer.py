@@ -17,7 +17,8 @@ import logging
 import numpy as np
 
 from specplug.config import SpecplugConfig
-from specplug.proposers.base import Budget, ReqState
+from specplug.proposers.base import Budget, ReqState, VerifyInfo
+from specplug.tree import DraftTree
 
 logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
 
@@ -88,7 +89,11 @@ class SpecplugProposer:
                 self.proposer.start(rid, token_ids_cpu[row, : int(num_prompt[row])].tolist())
                 self._started.add(rid)
             else:
-                self.proposer.observe(rid, [int(t) for t in sampled])
+                # root_token: the token before this step's commits, so learners can pair
+                # each committed token with its predecessor (no target top-k on this path)
+                prev = int(token_ids_cpu[row, n - len(sampled) - 1]) if n > len(sampled) else None
+                self.proposer.observe(rid, [int(t) for t in sampled],
+                                      VerifyInfo(DraftTree.empty(), [], None, root_token=prev))
             cap = min(k, self.max_model_len - n - 1)
             if cap <= 0:
                 continue
