@@ -55,3 +55,4 @@ __all__ = [
 # ---- implemented methods
 register("suffix", "specplug.proposers.suffix:SuffixProposer")
 register("recycling", "specplug.proposers.recycling:RecyclingProposer")
+register("rasd", "specplug.proposers.rasd:RasdProposer")
