@@ -94,6 +94,19 @@ def _check_rows(tree: DraftTree, rows: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------- verifiers
+def _walk(tree: DraftTree, choose) -> VerifyResult:
+    """From the root: y = choose(row of the current node); descend into the child holding y,
+    else emit y and stop. Greedy and sample-and-match differ only in ``choose``."""
+    node, accepted = -1, []
+    while True:
+        y = choose(node + 1)
+        child = _children_by_token(tree, node).get(y)
+        if child is None:
+            return VerifyResult(accepted, [int(tree.tokens[a]) for a in accepted] + [y])
+        accepted.append(child)
+        node = child
+
+
 def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> VerifyResult:
     """Accept the longest root-to-leaf path whose tokens equal the target argmax at each step,
     then append the argmax after the last accepted node (the bonus token).
@@ -103,14 +116,7 @@ def greedy_verify(tree: DraftTree, logits: torch.Tensor) -> VerifyResult:
     """
     _check_rows(tree, logits)
     argmax = torch.argmax(logits, dim=-1).tolist()
-    node, accepted = -1, []
-    while True:
-        y = argmax[node + 1]
-        child = _children_by_token(tree, node).get(y)
-        if child is None:
-            return VerifyResult(accepted, [int(tree.tokens[a]) for a in accepted] + [y])
-        accepted.append(child)
-        node = child
+    return _walk(tree, lambda row: argmax[row])
 
 
 def sample_and_match(tree: DraftTree, probs: torch.Tensor, uniforms: torch.Tensor) -> VerifyResult:
@@ -120,14 +126,7 @@ def sample_and_match(tree: DraftTree, probs: torch.Tensor, uniforms: torch.Tenso
     stop. Every emitted token is an exact draw from the target conditional, whatever the tree.
     """
     _check_rows(tree, probs)
-    node, accepted = -1, []
-    while True:
-        y = sample_from(probs[node + 1], float(uniforms[node + 1, 1]))
-        child = _children_by_token(tree, node).get(y)
-        if child is None:
-            return VerifyResult(accepted, [int(tree.tokens[a]) for a in accepted] + [y])
-        accepted.append(child)
-        node = child
+    return _walk(tree, lambda row: sample_from(probs[row], float(uniforms[row, 1])))
 
 
 def recursive_rejection(tree: DraftTree, probs: torch.Tensor, uniforms: torch.Tensor) -> VerifyResult:
