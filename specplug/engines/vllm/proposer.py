@@ -13,6 +13,8 @@ The proposer returns a tree; vLLM's stock hook verifies chains, so we hand it th
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import numpy as np
 
@@ -44,6 +46,21 @@ class SpecplugProposer:
         self._sched = None
         self._started: set[str] = set()
         self._failed_once = False
+        # SPECPLUG_LOG_TIMING=N: log the mean drafting time (lifecycle + proposer) every N steps
+        self._timing_every = int(os.environ.get("SPECPLUG_LOG_TIMING", "0") or 0)
+        self._timing = [0, 0.0, 0]  # steps, seconds, rows
+        self._gc = [0.0, 0.0, 0]  # seconds in Python's cyclic GC (worker-wide), current start, count
+        if self._timing_every:
+            import gc
+
+            def on_gc(phase, info, g=self._gc):
+                if phase == "start":
+                    g[1] = time.perf_counter()
+                else:
+                    g[0] += time.perf_counter() - g[1]
+                    g[2] += 1
+
+            gc.callbacks.append(on_gc)
         logger.info("specplug: %s proposer active in this worker (chain verification, k=%d)",
                     self.config.method, self.k)
 
@@ -68,6 +85,21 @@ class SpecplugProposer:
             self._started.add(new.req_id)
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None):
+        if not self._timing_every:
+            return self._propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        t0 = time.perf_counter()
+        out = self._propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        t = self._timing
+        t[0], t[1], t[2] = t[0] + 1, t[1] + time.perf_counter() - t0, t[2] + len(sampled_token_ids)
+        if t[0] % self._timing_every == 0:
+            logger.info("specplug: drafting %.3f ms per step (%.1f rows per step) over the last %d steps; "
+                        "Python GC in this worker: %.3f ms per step (%d collections)",
+                        t[1] / t[0] * 1e3, t[2] / t[0], t[0], self._gc[0] / t[0] * 1e3, self._gc[2])
+            t[0], t[1], t[2] = 0, 0.0, 0
+            self._gc[0], self._gc[2] = 0.0, 0
+        return out
+
+    def _propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu):
         out: list[list[int]] = [[] for _ in sampled_token_ids]
         if self._input_batch is None:
             raise RuntimeError(
