@@ -33,3 +33,13 @@ def test_core_imports_without_engines_or_triton():
 def test_cli_version():
     out = subprocess.run([sys.executable, "-m", "specplug.cli", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("specplug ")
+
+
+def test_declared_entry_points_import_cleanly():
+    """Both engines' plugin entry points resolve and can be called without their engine."""
+    from importlib.metadata import entry_points
+
+    targets = {e.group: e for e in entry_points() if e.name == "specplug"}
+    assert {"vllm.general_plugins", "sglang.srt.plugins"} <= set(targets)
+    targets["sglang.srt.plugins"].load()()
+    assert callable(targets["vllm.general_plugins"].load())

@@ -11,6 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, default=16, help="draft budget per step: chain length / tree nodes")
     p.add_argument("--methods", nargs="*", default=None,
                    help="subset of: suffix-tree suffix-path recycling rasd vllm-ngram vllm-suffix")
+    p.add_argument("--config", action="append", default=[], help="also replay this specplug YAML (repeatable)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     p.add_argument("--cache-stress", type=int, default=0, metavar="N",
                    help="instead: push N synthetic requests through suffix's global cache and report its size vs cap")
@@ -51,6 +52,14 @@ def run(args) -> int:
         return _cache_stress(args)
     traces = load_traces(args.traces)
     drafters = _specplug_drafters(args.methods, args.k)
+    from pathlib import Path
+
+    from specplug.config import SpecplugConfig
+    from specplug.replay.drafters import SpecplugDrafter
+
+    for path in args.config:
+        cfg = SpecplugConfig.from_yaml(path)
+        drafters.append(SpecplugDrafter(f"specplug {Path(path).name}", cfg.build_proposer(), cfg.tree))
     base, missing = vllm_baselines()
     drafters += [d for d in base if not args.methods or d.label.replace(" ", "-") in args.methods]
     results = []
