@@ -39,7 +39,8 @@ def test_declared_entry_points_import_cleanly():
     """Both engines' plugin entry points resolve and can be called without their engine."""
     from importlib.metadata import entry_points
 
-    targets = {e.group: e for e in entry_points() if e.name == "specplug"}
-    assert {"vllm.general_plugins", "sglang.srt.plugins"} <= set(targets)
+    targets = {g: e for g in ("vllm.general_plugins", "sglang.srt.plugins")
+               for e in entry_points(group=g) if e.name == "specplug"}
+    assert set(targets) == {"vllm.general_plugins", "sglang.srt.plugins"}
     targets["sglang.srt.plugins"].load()()
     assert callable(targets["vllm.general_plugins"].load())
