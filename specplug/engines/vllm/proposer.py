@@ -63,6 +63,10 @@ class SpecplugProposer:
             gc.callbacks.append(on_gc)
         logger.info("specplug: %s proposer active in this worker (chain verification, k=%d)",
                     self.config.method, self.k)
+        if self.config.tree:
+            logger.warning("specplug: the config asks for tree verification (tree: true), which this "
+                           "version cannot do inside vLLM; vLLM verifies the best path of each tree "
+                           "(still lossless, fewer tokens per step than a tree would give)")
 
     # vLLM lifecycle -----------------------------------------------------------------
     def load_model(self, target_model) -> None:
