@@ -132,3 +132,24 @@ def test_bad_yaml_exits_nonzero_naming_the_key(tiny_model, tmp_path, body, key):
                          capture_output=True, text=True, timeout=180, env=dict(os.environ, **cpu_engine_env()))
     assert out.returncode != 0
     assert key in out.stderr + out.stdout
+
+
+def test_bench_against_a_running_server(tiny_model, configs_dir, tmp_path):
+    """`specplug bench --endpoint NAME=URL` measures a running `vllm serve` (the YAML route):
+    outputs, TTFT/TPOT from the stream and vLLM's spec-decode counters from /metrics."""
+    from specplug.bench import endpoint_run
+
+    srv = Server(server_cmd(tiny_model, free_port(), "--speculative-config", str(configs_dir / "suffix.yaml")),
+                 tmp_path / "bench.log")
+    try:
+        srv.wait_ready()
+        req = {"max_tokens": 24, "prompts": PROMPTS,
+               "phases": [{"name": "c2", "concurrency": 2, "offset": 0, "num": 4}]}
+        res = endpoint_run.run(f"http://127.0.0.1:{srv.port}", req)
+    finally:
+        srv.stop()
+    ph = res["phases"]["c2"]
+    assert ph["num_prompts"] == 4 and len(ph["outputs"]) == 4
+    assert ph["output_tokens"] == sum(len(o) for o in ph["outputs"]) > 0
+    assert all(t > 0 for t in ph["ttft_s"])
+    assert ph["num_drafts"] > 0 and ph["num_accepted_tokens"] > 0

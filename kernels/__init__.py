@@ -7,6 +7,7 @@ import triton; the kernels load on first use.
 - tree_greedy_verify      == specplug.verify.greedy_verify_batch
 - tree_sample_match_verify == specplug.verify.sample_and_match_batch
 - tree_layout             == DraftTree.ancestor_mask / depths / position_ids
+- kv_compact              == kv_compact.kv_compact_reference (accepted path's KV into chain slots)
 - torch_batched.*         the same algorithms vectorised in torch (the fair "fast torch" baseline)
 """
 
@@ -31,4 +32,10 @@ def tree_layout(*args, **kwargs):
     return fn(*args, **kwargs)
 
 
-__all__ = ["tree_greedy_verify", "tree_sample_match_verify", "tree_layout"]
+def kv_compact(*args, **kwargs):
+    from specplug.kernels.kv_compact import kv_compact as fn
+
+    return fn(*args, **kwargs)
+
+
+__all__ = ["tree_greedy_verify", "tree_sample_match_verify", "tree_layout", "kv_compact"]

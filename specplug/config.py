@@ -5,6 +5,7 @@ File format (configs/*.yaml):
     method: suffix                 # one of specplug.proposers.available_methods()
     num_speculative_tokens: 16     # per-request draft cap: chain length, or tree node budget
     tree: false                    # verify whole trees (SGLang always can; vLLM needs the tree patches)
+    controller: goodput            # per-step draft budgets from measured costs (off: always the cap)
     suffix:                        # options of the chosen method, section named after it
       max_depth: 24
 
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from specplug.proposers import ProposerOptions, get_proposer_class
 
@@ -54,7 +55,16 @@ class SpecplugConfig(BaseModel):
     method: str
     num_speculative_tokens: int = Field(16, ge=1, le=128)
     tree: bool = False
+    # goodput: per step, each request's draft budget (0 = off) is chosen from measured step
+    # times and its recent acceptance (specplug/control.py); off: always draft up to the cap.
+    controller: Literal["goodput", "off"] = "goodput"
     options: ProposerOptions | None = None
+
+    @field_validator("controller", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v):
+        # YAML 1.1 reads a bare `off`/`on` as a boolean
+        return {False: "off", True: "goodput"}.get(v, v) if isinstance(v, bool) else v
 
     def __init__(self, **data: Any):
         # Accept the file layout (options in a section named after the method) as keyword args.
@@ -113,6 +123,7 @@ class SpecplugConfig(BaseModel):
             "method": self.method,
             "num_speculative_tokens": self.num_speculative_tokens,
             "tree": self.tree,
+            "controller": self.controller,
         }
         out[self.method] = self.options.model_dump(mode="json") if self.options else {}
         return out

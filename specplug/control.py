@@ -10,7 +10,8 @@ expected *goodput*:
 
 with everything measured online:
 - T_verify(n): time of one engine step as a function of the number of scheduled tokens, a linear
-  model a + b*n fitted by recursive least squares with forgetting (no hand-tuned tables);
+  model a + b*n (+ c when the step verifies any drafts) fitted by recursive least squares with
+  forgetting (no hand-tuned tables);
 - T_propose: the proposer's measured time per request that drafts;
 - E[tokens_i | k]: 1 + alpha_i + ... + alpha_i^k = (1 - alpha_i^(k+1)) / (1 - alpha_i), with alpha_i
   the request's recent per-token acceptance rate (a chain's acceptance model; a tree budget of k
@@ -30,21 +31,29 @@ import numpy as np
 
 @dataclass
 class LinearCostModel:
-    """Step time ~ a + b * num_tokens, fitted online by recursive least squares with forgetting."""
+    """Step time ~ a + b * num_tokens + c * [the step verifies drafts], fitted online by
+    recursive least squares with forgetting.
+
+    The indicator term matters: an engine's speculative path has a fixed cost per step (draft
+    bookkeeping, rejection sampling) that a plain decode step does not pay, so a model in tokens
+    alone would blame it on the tokens and misjudge both "all off" and "a little on".
+    """
 
     forgetting: float = 0.98
     prior_a: float = 0.02  # seconds; only used until enough samples arrive
     prior_b: float = 0.0005
-    _P: np.ndarray = field(default_factory=lambda: np.eye(2) * 1e3)
+    prior_c: float = 0.0
+    _P: np.ndarray = field(default_factory=lambda: np.eye(3) * 1e3)
     _theta: np.ndarray | None = None
     samples: int = 0
     _min_n: float = float("inf")
     _max_n: float = 0.0
+    _seen: set = field(default_factory=set)  # which of speculating / not speculating were observed
 
-    def observe(self, num_tokens: int, seconds: float) -> None:
-        x = np.array([1.0, float(num_tokens)])
+    def observe(self, num_tokens: int, seconds: float, speculating: bool = True) -> None:
+        x = np.array([1.0, float(num_tokens), 1.0 if speculating else 0.0])
         if self._theta is None:
-            self._theta = np.array([self.prior_a, self.prior_b])
+            self._theta = np.array([self.prior_a, self.prior_b, self.prior_c])
         lam = self.forgetting
         Px = self._P @ x
         gain = Px / (lam + x @ Px)
@@ -53,16 +62,23 @@ class LinearCostModel:
         self.samples += 1
         self._min_n = min(self._min_n, num_tokens)
         self._max_n = max(self._max_n, num_tokens)
+        self._seen.add(bool(speculating))
 
     @property
     def identified(self) -> bool:
         """Enough samples over a wide enough range of token counts to trust the slope."""
         return self.samples >= 8 and self._max_n >= 1.5 * max(self._min_n, 1)
 
-    def predict(self, num_tokens: float) -> float:
-        a, b = (self.prior_a, self.prior_b) if self._theta is None else self._theta
-        # A fitted slope can be transiently negative (noise); time never falls with more tokens.
-        return max(a, 1e-6) + max(b, 0.0) * num_tokens
+    @property
+    def coefficients(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in ((self.prior_a, self.prior_b, self.prior_c) if self._theta is None else self._theta))
+
+    def predict(self, num_tokens: float, speculating: bool = True) -> float:
+        a, b, c = self.coefficients
+        if len(self._seen) < 2:  # only one kind of step seen: a and c are not separable
+            a, c = a + c, 0.0
+        # Fitted terms can be transiently negative (noise); time never falls with more work.
+        return max(a, 1e-6) + max(b, 0.0) * num_tokens + (max(c, 0.0) if speculating else 0.0)
 
 
 @dataclass
@@ -108,35 +124,36 @@ class GoodputController:
     propose_seconds: float = 0.0  # EWMA of proposer time per drafting request
     min_alpha: float = 0.0  # never draft for requests below this acceptance (0: let the model decide)
 
-    def plan(self, req_ids: list) -> dict:
-        """{req_id: budget} for this step's batch."""
+    def plan(self, req_ids: list, fixed_seconds: float = 0.0) -> dict:
+        """{req_id: budget} for this step's batch. ``fixed_seconds``: time spent this step
+        whatever the budgets are (e.g. a proposer that runs for every request anyway)."""
         batch = len(req_ids)
         if batch == 0:
             return {}
-        gains = []  # (marginal expected tokens, request index)
-        for i, r in enumerate(req_ids):
-            a = self.acceptance.alpha(r)
-            if a < self.min_alpha:
-                continue
-            for j in range(1, self.max_budget + 1):
-                gains.append((a ** j, i))
-        gains.sort(key=lambda g: -g[0])
-        best_m, best_rate = 0, batch / self.cost.predict(batch)
-        tokens, extra = float(batch), 0
-        drafting = set()
-        for m, (g, i) in enumerate(gains, start=1):
-            tokens += g
-            drafting.add(i)
-            rate = tokens / (self.cost.predict(batch + m) + self.propose_seconds * len(drafting))
-            if rate > best_rate:
-                best_m, best_rate = m, rate
-        budgets = [0] * batch
-        for g, i in gains[:best_m]:
-            budgets[i] += 1
-        return {r: budgets[i] for i, r in enumerate(req_ids)}
+        alphas = np.array([self.acceptance.alpha(r) for r in req_ids])
+        base_rate = batch / (self.cost.predict(batch, speculating=False) + fixed_seconds)
+        # every candidate draft token: request i's j-th token is worth alpha_i^j expected tokens
+        cand = np.flatnonzero(alphas >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)
+        if cand.size == 0 or self.max_budget <= 0:
+            return {r: 0 for r in req_ids}
+        gains = alphas[cand, None] ** np.arange(1, self.max_budget + 1)[None, :]
+        owner = np.repeat(cand, self.max_budget)
+        order = np.argsort(-gains.reshape(-1), kind="stable")  # within a request: j ascending
+        gains, owner = gains.reshape(-1)[order], owner[order]
+        tokens = batch + np.cumsum(gains)  # expected tokens with the best m candidates
+        first = np.zeros(owner.size, bool)
+        first[np.unique(owner, return_index=True)[1]] = True
+        drafting = np.cumsum(first)  # requests that draft at all with the best m candidates
+        m = np.arange(1, owner.size + 1)
+        rates = tokens / (self.cost.predict(batch + m, speculating=True) + fixed_seconds
+                          + self.propose_seconds * drafting)
+        best = int(np.argmax(rates))
+        best_m = best + 1 if rates[best] > base_rate else 0
+        budgets = np.bincount(owner[:best_m], minlength=batch)
+        return {r: int(budgets[i]) for i, r in enumerate(req_ids)}
 
-    def observe_step(self, num_scheduled_tokens: int, seconds: float) -> None:
-        self.cost.observe(num_scheduled_tokens, seconds)
+    def observe_step(self, num_scheduled_tokens: int, seconds: float, speculating: bool = True) -> None:
+        self.cost.observe(num_scheduled_tokens, seconds, speculating)
 
     def observe_request(self, req_id, drafted: int, accepted: int) -> None:
         self.acceptance.observe(req_id, drafted, accepted)

@@ -55,6 +55,7 @@ def test_json_file_is_accepted(tmp_path):
         ({"method": "echo_for_tests", "num_speculative_tokens": 500}, "num_speculative_tokens"),
         ({"method": "echo_for_tests", "num_speculative_tokens": "many"}, "num_speculative_tokens"),
         ({"method": "echo_for_tests", "tree": "maybe"}, "tree"),
+        ({"method": "echo_for_tests", "controller": "smart"}, "controller"),
         ({"method": "echo_for_tests", "speculative_tokens": 3}, "speculative_tokens: unknown key"),
         ({"method": "nope"}, "method: unknown method 'nope'"),
         ({"method": "swift"}, "method: 'swift' is not implemented"),

@@ -42,8 +42,10 @@ class RecordingProposer(Proposer):
 register("recording_for_tests", f"{__name__}:RecordingProposer")
 
 
-def make(fail=False, k=4, max_len=64):
-    cfg = SpecplugConfig(method="recording_for_tests", num_speculative_tokens=k, recording_for_tests={"fail": fail})
+def make(fail=False, k=4, max_len=64, controller="off"):
+    # bookkeeping tests draft up to the cap; the goodput controller is pinned separately below
+    cfg = SpecplugConfig(method="recording_for_tests", num_speculative_tokens=k, controller=controller,
+                         recording_for_tests={"fail": fail})
     vc = SimpleNamespace(additional_config={"specplug": cfg.to_dict()},
                          speculative_config=SimpleNamespace(num_speculative_tokens=k),
                          model_config=SimpleNamespace(max_model_len=max_len))
@@ -94,3 +96,22 @@ def test_a_raising_proposer_drafts_nothing_and_the_step_goes_on():
     out = step(p, ["a"], [[1, 2, 7]], [[7]], new=[("a", [1, 2])])
     assert out == [[]]
     assert step(p, ["a"], [[1, 2, 7, 8]], [[8]]) == [[]]  # still alive next step
+
+
+def test_controller_budget_zero_sends_nothing_but_keeps_a_shadow_draft():
+    p = make(controller="goodput")
+    p.planner.controller.plan = lambda req_ids, fixed_seconds=0.0: {r: 0 for r in req_ids}
+    out = step(p, ["a"], [[1, 2, 7]], [[7]], new=[("a", [1, 2])])
+    assert out == [[]]  # budget 0: vLLM verifies nothing extra
+    assert p.planner._last["a"] == ([100], False)  # one unsent token to learn acceptance from
+    step(p, ["a"], [[1, 2, 7, 100]], [[100]])  # the target produced the shadow token
+    assert p.planner.controller.acceptance.alpha("a") > 0.5
+
+
+def test_controller_off_always_drafts_up_to_the_cap():
+    cfg = SpecplugConfig(method="recording_for_tests", num_speculative_tokens=3, controller="off")
+    assert cfg.to_dict()["controller"] == "off"
+    assert SpecplugConfig.from_dict({"method": "suffix", "controller": False}).controller == "off"  # YAML `off`
+    p = make(k=3)
+    assert not p.planner.enabled
+    assert step(p, ["a"], [[1, 2, 7]], [[7]], new=[("a", [1, 2])]) == [[100, 101, 102]]

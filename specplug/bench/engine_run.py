@@ -75,11 +75,18 @@ def run(req: dict) -> dict:
         before = _spec_counters(llm)
         outputs: list[list[int]] = []
         topks: list[list[list[int]]] = []
+        ttfts: list[float] = []  # seconds from arrival to the first token (vLLM's own stats)
+        tpots: list[float | None] = []  # seconds per output token after the first
         t = time.perf_counter()
         for i in range(0, len(prompts), conc):  # waves of `conc` requests
             wave = [{"prompt_token_ids": p} for p in prompts[i : i + conc]]
             for o in llm.generate(wave, params, use_tqdm=False):
                 outputs.append(list(o.outputs[0].token_ids))
+                m = getattr(o, "metrics", None)
+                if m is not None and getattr(m, "first_token_ts", 0):
+                    ttfts.append(float(m.first_token_latency))
+                    n_gen = int(m.num_generation_tokens)
+                    tpots.append((m.last_token_ts - m.first_token_ts) / (n_gen - 1) if n_gen > 1 else None)
                 if topk:
                     topks.append([[tid for tid, _ in sorted(pos.items(), key=lambda kv: kv[1].rank)][:topk]
                                   for pos in o.outputs[0].logprobs])
@@ -91,6 +98,8 @@ def run(req: dict) -> dict:
             "elapsed_s": elapsed,
             "output_tokens": sum(len(o) for o in outputs),
             "outputs": outputs,
+            "ttft_s": ttfts,
+            "tpot_s": tpots,
             **({"topk": topks} if topk else {}),
             **{k: after[k] - before[k] for k in after},
         }

@@ -20,6 +20,7 @@ class Variant:
     label: str
     speculative_config: dict | None
     skip_reason: str | None = None  # shown in the table instead of numbers
+    endpoint: str | None = None  # a running server to query instead of starting an engine
 
 
 @dataclass
@@ -45,7 +46,23 @@ def specplug_variants(config_paths: list[str | Path]) -> list[Variant]:
     out = []
     for p in config_paths:
         cfg = SpecplugConfig.from_yaml(p)
-        out.append(Variant(f"specplug {cfg.method}" + (" (tree)" if cfg.tree else ""), cfg.to_vllm()))
+        tags = [t for t, on in (("tree", cfg.tree), ("no controller", cfg.controller == "off")) if on]
+        out.append(Variant(f"specplug {cfg.method}" + (f" ({', '.join(tags)})" if tags else ""), cfg.to_vllm()))
+    return out
+
+
+def without_controller(variants: list[Variant]) -> list[Variant]:
+    """The same specplug configs with the goodput controller off (the ablation)."""
+    from specplug.config import VLLM_PAYLOAD_KEY
+
+    out = []
+    for v in variants:
+        payload = (v.speculative_config or {}).get(VLLM_PAYLOAD_KEY)
+        if not payload or payload.get("controller") == "off":
+            continue
+        spec = dict(v.speculative_config, **{VLLM_PAYLOAD_KEY: dict(payload, controller="off")})
+        label = v.label[:-1] + ", no controller)" if v.label.endswith(")") else v.label + " (no controller)"
+        out.append(Variant(label, spec))
     return out
 
 
@@ -53,8 +70,15 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
     """One engine process; returns its JSON result (or an error record)."""
     if variant.skip_reason:
         return {"ok": False, "skipped": True, "error": variant.skip_reason}
+    if variant.endpoint:
+        from specplug.bench import endpoint_run
+
+        try:
+            return endpoint_run.run(variant.endpoint, base_request)
+        except Exception as e:  # reported in the table; the other endpoints still run
+            return {"ok": False, "error": f"{variant.endpoint}: {type(e).__name__}: {e}"}
     log_dir.mkdir(parents=True, exist_ok=True)
-    slug = variant.label.replace(" ", "_").replace("(", "").replace(")", "")
+    slug = variant.label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
     req = dict(base_request, speculative_config=variant.speculative_config)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "req.json", Path(tmp) / "out.json"

@@ -15,13 +15,20 @@ class Prompt:
     token_ids: list[int]
 
 
-def shipped_dataset() -> Path:
-    return Path(str(resources.files("specplug") / "data" / "spec_bench_subset.jsonl"))
+# Named workloads shipped with the package (`--dataset NAME`); anything else is a file path.
+SHIPPED = {
+    "spec-bench": "spec_bench_subset.jsonl",  # Spec-Bench subset, permissive sources (data/NOTICE.md)
+    "repetitive": "repetitive_tasks.jsonl",  # copy-heavy code edits / rewrites written for specplug
+}
+
+
+def shipped_dataset(name: str = "spec-bench") -> Path:
+    return Path(str(resources.files("specplug") / "data" / SHIPPED[name]))
 
 
 def load_questions(path: str | Path | None = None) -> list[dict]:
     """Spec-Bench `question.jsonl` rows ({question_id, category, turns}); the shipped subset by default."""
-    p = Path(path) if path else shipped_dataset()
+    p = shipped_dataset(str(path or "spec-bench")) if str(path or "spec-bench") in SHIPPED else Path(path)
     if not p.is_file():
         raise ValueError(f"dataset: file not found: {p}")
     rows = []

@@ -16,7 +16,8 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--model", default="smollm2", help="'smollm2' (built offline from the packaged GGUF) or a local HF folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="float32 (default) keeps greedy verification exact; bf16 can flip near-ties (docs/benchmarks.md)")
-    p.add_argument("--dataset", default=None, help="Spec-Bench question.jsonl (default: the shipped subset)")
+    p.add_argument("--dataset", default=None, help="'spec-bench' (default: the shipped Spec-Bench subset), 'repetitive' (shipped copy-heavy "
+                        "code edits and rewrites) or a path to a Spec-Bench-format question.jsonl")
     p.add_argument("--categories", nargs="*", default=None, help="only these categories")
     p.add_argument("--num-prompts", type=int, default=num_prompts)
     p.add_argument("--max-tokens", type=int, default=max_tokens)
@@ -28,6 +29,12 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--config", action="append", default=None,
                    help="specplug YAML(s) to compare (default: every available method with default options)")
     p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
+    p.add_argument("--ablate-controller", action="store_true",
+                   help="also run every specplug config with the goodput controller off (always draft up to the cap)")
+    p.add_argument("--endpoint", action="append", default=None, metavar="NAME=URL",
+                   help="benchmark running OpenAI-compatible servers instead of starting engines, e.g. "
+                        "--endpoint 'no speculation=http://127.0.0.1:8000' --endpoint suffix=http://127.0.0.1:8001; "
+                        "the one named 'no speculation' is the baseline of the speedup column")
     p.add_argument("--out", default=None, help="folder for results.json, results.md and engine logs")
 
 
@@ -75,14 +82,21 @@ def run(args) -> int:
     if len(rows) < offset:
         raise ValueError(f"--num-prompts/--single-prompts: need {offset} questions, the dataset has {len(rows)}")
     prompts = workload.chat_prompts(model_dir, rows, args.max_prompt_tokens)
-    variants = [suite.Variant("no speculation", None)]
-    if not args.no_builtin:
-        variants += suite.vllm_builtin_variants()
-    variants += suite.specplug_variants(args.config) if args.config else default_specplug_variants()
+    if args.endpoint:
+        variants = [suite.Variant(name, None, endpoint=url) for name, url in map(_endpoint, args.endpoint)]
+    else:
+        variants = [suite.Variant("no speculation", None)]
+        if not args.no_builtin:
+            variants += suite.vllm_builtin_variants()
+        specplug = suite.specplug_variants(args.config) if args.config else default_specplug_variants()
+        variants += specplug
+        if args.ablate_controller:
+            variants += suite.without_controller(specplug)
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
             "prompts": [p.token_ids for p in prompts], "phases": phases}
     print(f"[specplug] {len(prompts)} prompts x {args.max_tokens} greedy tokens on {model_dir} ({args.dtype}); "
-          f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)", flush=True)
+          + (f"{len(variants)} running endpoints" if args.endpoint else
+             f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"), flush=True)
     t0 = time.time()
     results = suite.run_suite(variants, base, out_dir / "logs")
     table = report.rows(results)
@@ -103,6 +117,13 @@ def run(args) -> int:
         print(f"[specplug] plot: {png}")
     print(f"[specplug] wrote {out_dir}/results.json and results.md ({meta['wall_s']:.0f} s)")
     return 0 if all(r.result.get("ok") or r.result.get("skipped") for r in results) else 1
+
+
+def _endpoint(spec: str) -> tuple[str, str]:
+    name, sep, url = spec.partition("=")
+    if not sep or not name.strip() or not url.startswith(("http://", "https://")):
+        raise ValueError(f"--endpoint: expected NAME=http://host:port, got {spec!r}")
+    return name.strip(), url.strip()
 
 
 def _argv() -> list[str]:

@@ -130,7 +130,11 @@ def resolve_model(name_or_path: str, dtype: str = "bfloat16") -> str:
         return str(name_or_path)
     if name_or_path.lower() in MODEL_ALIASES:
         return str(build_smollm2(dtype))
+    if name_or_path.lower() == "tiny":  # the random-weight fp32 test model (loops: easy to draft)
+        from specplug.models.tiny import build_tiny_llama
+
+        return str(build_tiny_llama())
     raise ValueError(
         f"model: {name_or_path!r} is neither a local folder nor a known model "
-        f"({', '.join(sorted(MODEL_ALIASES))}); no model hub is contacted"
+        f"({', '.join(sorted([*MODEL_ALIASES, 'tiny']))}); no model hub is contacted"
     )

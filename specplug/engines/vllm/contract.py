@@ -36,7 +36,10 @@ REQUIREMENTS = (
     Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner.propose_draft_token_ids",
                 params=("self", "scheduler_output", "sampled_token_ids")),
     Requirement("vllm.v1.spec_decode.custom_class_proposer:create_custom_proposer", params=("vllm_config",)),
-    Requirement("vllm.v1.core.sched.output:SchedulerOutput", fields=("scheduled_new_reqs", "finished_req_ids")),
+    # total_num_scheduled_tokens: the goodput controller's step-size measurement
+    Requirement("vllm.v1.core.sched.output:SchedulerOutput",
+                fields=("scheduled_new_reqs", "finished_req_ids", "total_num_scheduled_tokens",
+                        "num_spec_tokens_to_schedule")),
     Requirement("vllm.v1.core.sched.output:NewRequestData", fields=("req_id", "prompt_token_ids")),
 )
 

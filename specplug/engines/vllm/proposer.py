@@ -18,11 +18,13 @@ import time
 
 import numpy as np
 
+from specplug.budgeting import BudgetPlanner
 from specplug.config import SpecplugConfig
 from specplug.proposers.base import Budget, ReqState, VerifyInfo
 from specplug.tree import DraftTree
 
 logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
+_NO_TREE = DraftTree.empty()  # the chain hook exposes no verified tree; built once, never mutated
 
 
 class SpecplugProposer:
@@ -42,6 +44,7 @@ class SpecplugProposer:
         self.proposer = self.config.build_proposer()
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
+        self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput")
         self._input_batch = None
         self._sched = None
         self._started: set[str] = set()
@@ -61,8 +64,8 @@ class SpecplugProposer:
                     g[2] += 1
 
             gc.callbacks.append(on_gc)
-        logger.info("specplug: %s proposer active in this worker (chain verification, k=%d)",
-                    self.config.method, self.k)
+        logger.info("specplug: %s proposer active in this worker (chain verification, k=%d, "
+                    "controller=%s)", self.config.method, self.k, self.config.controller)
         if self.config.tree:
             logger.warning("specplug: the config asks for tree verification (tree: true), which this "
                            "version cannot do inside vLLM; vLLM verifies the best path of each tree "
@@ -82,9 +85,11 @@ class SpecplugProposer:
             if rid in self._started:
                 self.proposer.stop(rid)
                 self._started.discard(rid)
+            self.planner.forget(rid)
         for new in getattr(s, "scheduled_new_reqs", ()) or ():
             if new.req_id in self._started:  # reused request id: the old one is over
                 self.proposer.stop(new.req_id)
+                self.planner.forget(new.req_id)
             self.proposer.start(new.req_id, new.prompt_token_ids or [])
             self._started.add(new.req_id)
 
@@ -97,8 +102,9 @@ class SpecplugProposer:
         t[0], t[1], t[2] = t[0] + 1, t[1] + time.perf_counter() - t0, t[2] + len(sampled_token_ids)
         if t[0] % self._timing_every == 0:
             logger.info("specplug: drafting %.3f ms per step (%.1f rows per step) over the last %d steps; "
-                        "Python GC in this worker: %.3f ms per step (%d collections)",
-                        t[1] / t[0] * 1e3, t[2] / t[0], t[0], self._gc[0] / t[0] * 1e3, self._gc[2])
+                        "Python GC in this worker: %.3f ms per step (%d collections); controller: %s",
+                        t[1] / t[0] * 1e3, t[2] / t[0], t[0], self._gc[0] / t[0] * 1e3, self._gc[2],
+                        self.planner.summary() if self.planner.enabled else "off")
             t[0], t[1], t[2] = 0, 0.0, 0
             self._gc[0], self._gc[2] = 0.0, 0
         return out
@@ -110,17 +116,21 @@ class SpecplugProposer:
                 "specplug: request ids were not bound before propose(); the BindRequestIds patch "
                 "of GPUModelRunner.propose_draft_token_ids is not active in this worker"
             )
+        sched = self._sched
+        self.planner.step_started(int(getattr(sched, "total_num_scheduled_tokens", 0) or 0),
+                                  bool(getattr(sched, "scheduled_new_reqs", None)))
         self._sync_lifecycle()
         req_ids = self._input_batch.req_ids
         num_prompt = self._input_batch.num_prompt_tokens
-        k_sched = int(getattr(self._sched, "num_spec_tokens_to_schedule", 0) or 0)
+        k_sched = int(getattr(sched, "num_spec_tokens_to_schedule", 0) or 0)
         k = min(self.k, k_sched) if k_sched > 0 else self.k
-        rows, batch, budgets = [], [], []
+        rows, batch, caps = [], [], []
         for row, sampled in enumerate(sampled_token_ids):
             if not sampled:  # a prefill chunk: nothing was sampled, nothing to draft
                 continue
             rid = req_ids[row]
             n = int(num_tokens_no_spec[row])
+            committed = [int(t) for t in sampled]
             if rid not in self._started:  # e.g. the plugin was bound after the request arrived
                 self.proposer.start(rid, token_ids_cpu[row, : int(num_prompt[row])].tolist())
                 self._started.add(rid)
@@ -128,16 +138,26 @@ class SpecplugProposer:
                 # root_token: the token before this step's commits, so learners can pair
                 # each committed token with its predecessor (no target top-k on this path)
                 prev = int(token_ids_cpu[row, n - len(sampled) - 1]) if n > len(sampled) else None
-                self.proposer.observe(rid, [int(t) for t in sampled],
-                                      VerifyInfo(DraftTree.empty(), [], None, root_token=prev))
+                self.proposer.observe(rid, committed, VerifyInfo(_NO_TREE, [], None, root_token=prev))
+            self.planner.committed(rid, committed)
             cap = min(k, self.max_model_len - n - 1)
             if cap <= 0:
                 continue
             rows.append(row)
             batch.append(ReqState(rid, np.asarray(token_ids_cpu[row, :n]), int(num_prompt[row])))
-            budgets.append(Budget(cap, tree=False))
+            caps.append(cap)
         if not batch:
+            self.planner.step_finished(0)
             return out
+        plan = self.planner.budgets([r.req_id for r in batch])
+        # budget 0: draft nothing, except now and then one unsent shadow token (specplug/budgeting.py)
+        sizes = [min(cap, plan[r.req_id]) for r, cap in zip(batch, caps)]
+        keep = [i for i, (r, size) in enumerate(zip(batch, sizes)) if size > 0 or self.planner.shadow(r.req_id)]
+        rows, batch, sizes = [rows[i] for i in keep], [batch[i] for i in keep], [sizes[i] for i in keep]
+        if not batch:
+            self.planner.step_finished(0)
+            return out
+        budgets = [Budget(max(size, 1), tree=False) for size in sizes]
         try:
             trees = self.proposer.propose(batch, budgets)
         except Exception:  # drafting is an optimisation: never take the engine down with it
@@ -145,7 +165,12 @@ class SpecplugProposer:
                 logger.exception("specplug: %s proposer raised; drafting nothing this step "
                                  "(further failures are not logged)", self.config.method)
                 self._failed_once = True
+            self.planner.step_finished(0)
             return out
-        for row, tree, b in zip(rows, trees, budgets):
-            out[row] = tree.chain_tokens()[: b.max_nodes]
+        for row, req, tree, size, b in zip(rows, batch, trees, sizes, budgets):
+            tokens = [int(t) for t in tree.chain_tokens()[: b.max_nodes]]
+            if size > 0:
+                out[row] = tokens
+            self.planner.drafted(req.req_id, tokens, sent=size > 0)
+        self.planner.step_finished(len(batch))
         return out
