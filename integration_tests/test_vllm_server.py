@@ -103,12 +103,15 @@ def baseline_texts(tiny_model, tmp_path_factory):
     return texts
 
 
-def test_yaml_path_on_the_command_line(tiny_model, configs_dir, baseline_texts, tmp_path):
+@pytest.mark.parametrize("config", ["suffix.yaml", "suffix-tree.yaml"])
+def test_yaml_path_on_the_command_line(config, tiny_model, configs_dir, baseline_texts, tmp_path):
     texts, accepted, log = serve_and_query(tiny_model, tmp_path, "yaml", "--speculative-config",
-                                           str(configs_dir / "suffix.yaml"))
+                                           str(configs_dir / config))
     assert texts == baseline_texts
     assert accepted > 0
     assert "specplug: suffix via vLLM custom_class" in log
+    if config == "suffix-tree.yaml":  # trees really went through the tree path
+        assert "specplug: tree verification:" in log
 
 
 def test_nested_mapping_in_serve_config(tiny_model, baseline_texts, tmp_path):

@@ -59,6 +59,7 @@ def run(req: dict) -> dict:
         disable_log_stats=False,
         speculative_config=req.get("speculative_config"),
         max_num_seqs=req.get("max_num_seqs", 64),
+        **(req.get("engine_args") or {}),
     )
     start_s = time.time() - t0
     topk = req.get("logprobs")  # record the target's top-k per output position (traces)

@@ -7,7 +7,21 @@ from __future__ import annotations
 from specplug.bench.suite import SuiteResult
 
 
+def _runs(result: dict, phase: str) -> list[dict]:
+    """The phase's record from the first run and from every repeat (run_suite(repeats=...))."""
+    return [r["phases"][phase] for r in [result, *result.get("repeats", [])] if phase in r["phases"]]
+
+
+def _tps(ph: dict) -> float:
+    return ph["output_tokens"] / ph["elapsed_s"] if ph["elapsed_s"] > 0 else 0.0
+
+
 def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> list[dict]:
+    """One row per configuration and phase. With repeats: tok/s is the median run (and its
+    min-max), the speedup the median of per-round ratios to the baseline of the same round,
+    τ and the counts are over all runs, and the identity column is the worst run's."""
+    import numpy as np
+
     base = next((r for r in results if r.variant.label == baseline_label and r.result.get("ok")), None)
     out = []
     for r in results:
@@ -16,36 +30,43 @@ def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> 
             out.append({"config": r.variant.label, "phase": "-", "error": res.get("error", "failed")})
             continue
         for name, ph in res["phases"].items():
-            tps = ph["output_tokens"] / ph["elapsed_s"] if ph["elapsed_s"] > 0 else 0.0
+            runs = _runs(res, name)
+            tps = [_tps(x) for x in runs]
+            drafts = sum(x["num_drafts"] for x in runs)
+            accepted = sum(x["num_accepted_tokens"] for x in runs)
             row = {
                 "config": r.variant.label,
                 "phase": name,
                 "concurrency": ph["concurrency"],
                 "prompts": ph["num_prompts"],
                 "output_tokens": ph["output_tokens"],
-                "tok_per_s": tps,
-                "tau": 1.0 + ph["num_accepted_tokens"] / ph["num_drafts"] if ph["num_drafts"] else 1.0,
-                "drafted": ph["num_draft_tokens"],
-                "accepted": ph["num_accepted_tokens"],
-                **_latency(ph),
+                "runs": len(runs),
+                "tok_per_s": float(np.median(tps)),
+                "tok_per_s_runs": tps,
+                "tau": 1.0 + accepted / drafts if drafts else 1.0,
+                "drafted": sum(x["num_draft_tokens"] for x in runs),
+                "accepted": accepted,
+                **_latency(runs),
             }
             if base is not None and name in base.result["phases"]:
-                bph = base.result["phases"][name]
-                btps = bph["output_tokens"] / bph["elapsed_s"]
-                row["speedup"] = tps / btps if btps > 0 else float("nan")
-                same = sum(a == b for a, b in zip(ph["outputs"], bph["outputs"]))
-                row["identical"] = f"{same}/{len(bph['outputs'])}"
+                bruns = _runs(base.result, name)
+                ratios = [t / _tps(b) for t, b in zip(tps, bruns) if _tps(b) > 0]
+                row["speedup"] = float(np.median(ratios)) if ratios else float("nan")
+                row["speedup_runs"] = ratios
+                want = bruns[0]["outputs"]
+                same = min(sum(a == b for a, b in zip(x["outputs"], want)) for x in runs)
+                row["identical"] = f"{same}/{len(want)}"
             out.append(row)
     return out
 
 
-def _latency(ph: dict) -> dict:
-    """TTFT and TPOT percentiles (ms) from vLLM's per-request stats, when the run recorded them."""
+def _latency(runs: list[dict]) -> dict:
+    """TTFT and TPOT percentiles (ms) over the requests of all runs, when they were recorded."""
     import numpy as np
 
     out = {}
     for key in ("ttft_s", "tpot_s"):
-        vals = [v for v in ph.get(key, []) if v is not None]
+        vals = [v for ph in runs for v in ph.get(key, []) if v is not None]
         if vals:
             out[f"{key[:4]}_p50_ms"] = float(np.percentile(vals, 50) * 1e3)
             out[f"{key[:4]}_p90_ms"] = float(np.percentile(vals, 90) * 1e3)
@@ -55,6 +76,13 @@ def _latency(ph: dict) -> dict:
 def _ms(r: dict, key: str) -> str:
     a, b = r.get(f"{key}_p50_ms"), r.get(f"{key}_p90_ms")
     return "–" if a is None else f"{a:.0f} / {b:.0f}"
+
+
+def _spread(values, fmt: str) -> str:
+    """' (min–max)' over repeated runs; nothing for a single run."""
+    if not values or len(values) < 2:
+        return ""
+    return f" ({min(values):{fmt}}–{max(values):{fmt}})"
 
 
 def markdown(table: list[dict]) -> str:
@@ -67,7 +95,8 @@ def markdown(table: list[dict]) -> str:
             continue
         lines.append(
             f"| {r['config']} | {r['phase']} (c={r['concurrency']}, {r['prompts']} prompts) | {r['tau']:.2f} | "
-            f"{r['accepted']} / {r['drafted']} | {r['tok_per_s']:.1f} | {r.get('speedup', float('nan')):.2f}× | "
+            f"{r['accepted']} / {r['drafted']} | {r['tok_per_s']:.1f}{_spread(r.get('tok_per_s_runs'), '.0f')} | "
+            f"{r.get('speedup', float('nan')):.2f}×{_spread(r.get('speedup_runs'), '.2f')} | "
             f"{_ms(r, 'ttft')} | {_ms(r, 'tpot')} | {r.get('identical', '–')} |"
         )
     return "\n".join(lines)

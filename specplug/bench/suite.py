@@ -21,6 +21,13 @@ class Variant:
     speculative_config: dict | None
     skip_reason: str | None = None  # shown in the table instead of numbers
     endpoint: str | None = None  # a running server to query instead of starting an engine
+    engine_args: dict = field(default_factory=dict)  # extra LLM(...) arguments, e.g. async_scheduling
+
+
+def sync_baseline() -> Variant:
+    """No speculation with vLLM's async scheduling off: the scheduling mode every CPU-side
+    drafter (vLLM ngram/suffix, custom_class) forces, so the cost of that mode alone is visible."""
+    return Variant("no speculation (sync scheduling)", None, engine_args={"async_scheduling": False})
 
 
 @dataclass
@@ -79,7 +86,7 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
             return {"ok": False, "error": f"{variant.endpoint}: {type(e).__name__}: {e}"}
     log_dir.mkdir(parents=True, exist_ok=True)
     slug = variant.label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-    req = dict(base_request, speculative_config=variant.speculative_config)
+    req = dict(base_request, speculative_config=variant.speculative_config, engine_args=variant.engine_args)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "req.json", Path(tmp) / "out.json"
         src.write_text(json.dumps(req))
@@ -96,12 +103,23 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
     return res
 
 
-def run_suite(variants: list[Variant], base_request: dict, log_dir: Path) -> list[SuiteResult]:
+def run_suite(variants: list[Variant], base_request: dict, log_dir: Path, repeats: int = 1) -> list[SuiteResult]:
+    """Every variant ``repeats`` times, round-robin, the order reversed on every other round:
+    a slow drift of the machine's speed then hits every configuration alike instead of the ones
+    that happen to run last. Repeats after the first are kept in ``result["repeats"]``."""
     from tqdm import tqdm
 
-    results = []
-    bar = tqdm(variants, desc="configurations", unit="cfg")
-    for v in bar:
-        bar.set_postfix_str(v.label)
-        results.append(SuiteResult(v, run_variant(v, base_request, log_dir)))
-    return results
+    results = {id(v): SuiteResult(v) for v in variants}
+    plan = [v for r in range(repeats) for v in (variants if r % 2 == 0 else variants[::-1])]
+    bar = tqdm(plan, desc="configurations", unit="cfg")
+    for i, v in enumerate(bar):
+        bar.set_postfix_str(v.label + (f" (round {i // len(variants) + 1}/{repeats})" if repeats > 1 else ""))
+        res = run_variant(v, base_request, log_dir)
+        sr = results[id(v)]
+        if not sr.result:
+            sr.result = res
+        elif sr.result.get("ok") and res.get("ok"):
+            sr.result.setdefault("repeats", []).append(res)
+        elif not res.get("ok"):  # a failed repeat fails the configuration: no silent partial numbers
+            sr.result = res
+    return [results[id(v)] for v in variants]

@@ -31,6 +31,12 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
     p.add_argument("--ablate-controller", action="store_true",
                    help="also run every specplug config with the goodput controller off (always draft up to the cap)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every configuration this many times, round-robin with the order reversed every "
+                        "other round; tables show the median and the min-max (use >= 3 on a noisy machine)")
+    p.add_argument("--sync-baseline", action="store_true",
+                   help="also run no speculation with async scheduling off, the mode vLLM forces for CPU-side "
+                        "drafters (ngram, suffix, custom_class): shows what that mode alone costs")
     p.add_argument("--endpoint", action="append", default=None, metavar="NAME=URL",
                    help="benchmark running OpenAI-compatible servers instead of starting engines, e.g. "
                         "--endpoint 'no speculation=http://127.0.0.1:8000' --endpoint suffix=http://127.0.0.1:8001; "
@@ -71,6 +77,8 @@ def run(args) -> int:
     concs = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     if not concs or min(concs) < 1:
         raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats: expected a positive integer, got {args.repeats}")
     # Each phase gets its own, disjoint prompts (see engine_run): c=1 phases take
     # --single-prompts prompts, the others --num-prompts.
     phases, offset = [], 0
@@ -86,6 +94,8 @@ def run(args) -> int:
         variants = [suite.Variant(name, None, endpoint=url) for name, url in map(_endpoint, args.endpoint)]
     else:
         variants = [suite.Variant("no speculation", None)]
+        if args.sync_baseline:
+            variants.append(suite.sync_baseline())
         if not args.no_builtin:
             variants += suite.vllm_builtin_variants()
         specplug = suite.specplug_variants(args.config) if args.config else default_specplug_variants()
@@ -98,7 +108,7 @@ def run(args) -> int:
           + (f"{len(variants)} running endpoints" if args.endpoint else
              f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"), flush=True)
     t0 = time.time()
-    results = suite.run_suite(variants, base, out_dir / "logs")
+    results = suite.run_suite(variants, base, out_dir / "logs", repeats=args.repeats)
     table = report.rows(results)
     md = report.markdown(table)
     print(md)

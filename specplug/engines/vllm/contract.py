@@ -21,11 +21,13 @@ class VllmContractError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Requirement:
     """``module:Qualified.name`` must exist; for callables, ``params`` must be a prefix of its
-    parameter names; for dataclasses, ``fields`` must be among its fields."""
+    parameter names; for dataclasses, ``fields`` must be among its fields; ``source``: strings its
+    source must contain (instance attributes that only exist once __init__ ran)."""
 
     target: str
     params: tuple[str, ...] = ()
     fields: tuple[str, ...] = ()
+    source: tuple[str, ...] = ()
 
 
 REQUIREMENTS = (
@@ -41,6 +43,15 @@ REQUIREMENTS = (
                 fields=("scheduled_new_reqs", "finished_req_ids", "total_num_scheduled_tokens",
                         "num_spec_tokens_to_schedule")),
     Requirement("vllm.v1.core.sched.output:NewRequestData", fields=("req_id", "prompt_token_ids")),
+    # tree verification (patches 4-6, tree_step.py)
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
+                params=("self", "scheduler_output", "num_scheduled_tokens")),
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample",
+                params=("self", "logits", "spec_decode_metadata")),
+    Requirement("vllm.v1.core.sched.output:SchedulerOutput", fields=("scheduled_spec_decode_tokens",)),
+    Requirement("vllm.v1.spec_decode.metadata:SpecDecodeMetadata", fields=("num_draft_tokens",)),
+    Requirement("vllm.v1.worker.gpu_input_batch:InputBatch.__init__",
+                source=("self.greedy_reqs", "self.num_computed_tokens_cpu", "self.num_logprobs")),
 )
 
 
@@ -85,6 +96,14 @@ def check() -> None:
             missing = [f for f in req.fields if f not in have]
             if missing:
                 problems.append(f"{req.target}: missing fields {missing}")
+        if req.source:
+            try:
+                text = inspect.getsource(obj)
+            except (OSError, TypeError):
+                text = ""
+            missing = [x for x in req.source if x not in text]
+            if missing:
+                problems.append(f"{req.target}: source no longer sets {missing}")
     if problems:
         raise VllmContractError(
             f"specplug cannot plug into vLLM {version}:\n  - " + "\n  - ".join(problems)

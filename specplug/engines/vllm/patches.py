@@ -15,6 +15,12 @@ config is in use: plain JSON speculative configs and other methods pass through 
    `custom_class.propose()` sees batch rows only, and rows are condensed and reordered between
    steps; before the drafter runs, hand it the runner's input batch (row -> request id) and the
    scheduler output (new, finished requests). Only for specplug's drafter.
+4. TreePositions   GPUModelRunner._prepare_inputs
+5. TreeAttentionCPU   vllm.v1.attention.backends.cpu_attn.CPUAttentionBackendImpl.forward
+6. TreeAcceptance   GPUModelRunner._sample
+   Tree verification (tree: true), see tree_step.py: tree nodes get depth positions, the tree
+   mask in attention, the tree verifier's result and KV compaction. Inert unless the specplug
+   drafter scheduled a tree this step.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import functools
 import json
 import logging
 import os
+
+import numpy as np
 
 logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
 
@@ -114,8 +122,10 @@ class SpecplugPayloadToAdditionalConfig:
         extra = dict(engine_args.additional_config or {})
         extra["specplug"] = payload
         engine_args.additional_config = extra
-        logger.info("specplug: %s via vLLM custom_class, num_speculative_tokens=%d, chain verification "
-                    "(vLLM's rejection sampler); options %s", payload["method"], spec["num_speculative_tokens"],
+        logger.info("specplug: %s via vLLM custom_class, num_speculative_tokens=%d, %s; options %s",
+                    payload["method"], spec["num_speculative_tokens"],
+                    "tree verification for greedy requests (specplug's tree patches), chains otherwise"
+                    if payload.get("tree") else "chain verification (vLLM's rejection sampler)",
                     json.dumps(payload.get(payload["method"], {}), sort_keys=True))
 
     @classmethod
@@ -150,13 +160,219 @@ class BindRequestIds:
         def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, *a, **kw):
             bind = getattr(getattr(self, "drafter", None), "bind_step", None)
             if bind is not None:
-                bind(self.input_batch, scheduler_output)
+                bind(self.input_batch, scheduler_output, getattr(self, "requests", None))
             return orig(self, scheduler_output, sampled_token_ids, *a, **kw)
 
         GPUModelRunner.propose_draft_token_ids = _mark(propose_draft_token_ids)
 
 
-ALL_PATCHES = (CliSpeculativeConfigFile, SpecplugPayloadToAdditionalConfig, BindRequestIds)
+# ---------------------------------------------------------------------- 4
+class TreePositions:
+    target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs"
+
+    @staticmethod
+    def after(runner, scheduler_output) -> None:
+        from specplug.engines.vllm import tree_step
+
+        ctx = tree_step.CURRENT = tree_step.StepContext()
+        trees = getattr(getattr(runner, "drafter", None), "pending_trees", None)
+        if not trees:
+            return
+        batch = runner.input_batch
+        spec = scheduler_output.scheduled_spec_decode_tokens
+        qsl = runner.query_start_loc.np
+        slot_mapping = runner.input_batch.block_table[0].slot_mapping.gpu
+        for row, rid in enumerate(batch.req_ids):
+            tree = trees.get(rid)
+            scheduled = spec.get(rid)
+            if tree is None or not scheduled:
+                continue
+            n = len(scheduled)
+            if list(tree.tokens[:n]) != list(scheduled):  # vLLM changed the drafts: verify as a chain
+                logger.warning("specplug: request %s: scheduled drafts differ from the tree drafted for it; "
+                               "verifying them as a chain this step", rid)
+                continue
+            sub = tree.subtree(range(n)) if n < tree.num_nodes else tree  # a topological prefix is a tree
+            if tree_step.is_chain(sub.parents):  # vLLM's own chain path is already right
+                continue
+            q0 = int(qsl[row])
+            prefix = int(batch.num_computed_tokens_cpu[row])
+            runner.positions[q0 + 1 : q0 + 1 + n] = torch_from(prefix + sub.depths())
+            ctx.rows.append(tree_step.TreeRow(row, rid, q0, prefix, sub))
+            ctx.slots[row] = slot_mapping[q0 : q0 + n + 1].clone().long()
+
+    @classmethod
+    def apply(cls) -> None:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        orig = GPUModelRunner._prepare_inputs
+        if _already(orig):
+            return
+
+        @functools.wraps(orig)
+        def _prepare_inputs(self, scheduler_output, *a, **kw):
+            out = orig(self, scheduler_output, *a, **kw)
+            cls.after(self, scheduler_output)
+            return out
+
+        GPUModelRunner._prepare_inputs = _mark(_prepare_inputs)
+
+
+def torch_from(values):
+    import torch
+
+    return torch.as_tensor(values, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------- 5
+class TreeAttentionCPU:
+    target = "vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.forward"
+
+    @staticmethod
+    def split_kv(kv_cache):
+        """CPU layout [num_blocks, H, bs, 2D] read as [num_blocks, H, 2 bs, D], keys first (as
+        CPUAttentionBackendImpl.forward does)."""
+        nb, h, bs, _ = kv_cache.shape
+        return kv_cache.view(nb, h, bs * 2, -1).chunk(2, dim=2)
+
+    @classmethod
+    def after(cls, impl, layer, query, kv_cache, attn_metadata, output) -> None:
+        from specplug.engines.vllm import tree_step
+
+        ctx = tree_step.CURRENT
+        if not ctx.rows or attn_metadata is None or kv_cache.numel() == 0:
+            return
+        if impl.alibi_slopes is not None or impl.sliding_window not in (None, -1) or impl.logits_soft_cap \
+                or impl.sinks is not None or impl.is_fp8_kv_cache or impl.attn_type != "decoder":
+            raise RuntimeError("specplug tree verification supports plain causal attention only (no ALiBi, "
+                               "sliding window, soft-cap, sinks or quantized KV cache)")
+        nb, hkv, bs, d2 = kv_cache.shape
+        key = (hkv, bs, d2 // 2, kv_cache.dtype, str(getattr(layer, "isa", None)))
+        layout = tree_step.LAYOUTS.get(key)
+        if layout is None:  # learn the backend's cache layout once (tree_step.CacheLayout)
+            write = lambda k, v, cache, slots: impl.do_kv_cache_update(layer, k, v, cache, slots)
+            layout = tree_step.LAYOUTS[key] = tree_step.CacheLayout.probe(
+                write, hkv, bs, d2 // 2, kv_cache.dtype, cls.split_kv)
+        if ctx.layout is not None and ctx.layout is not layout:
+            raise RuntimeError("specplug tree verification: layers with different KV cache layouts in one model "
+                               "are not supported")
+        ctx.layout = layout
+        key_cache, value_cache = cls.split_kv(kv_cache)
+        out = output.view(output.shape[0], impl.num_heads, -1)
+        for r in ctx.rows:
+            w = r.tree.num_nodes + 1
+            seq_len = int(attn_metadata.seq_lens[r.row])
+            if seq_len != r.prefix + w or int(attn_metadata.query_start_loc[r.row]) != r.q_start:
+                raise RuntimeError(f"specplug tree verification: request {r.req_id}: attention metadata "
+                                   f"(seq_len {seq_len}) does not match the scheduled tree window "
+                                   f"(prefix {r.prefix} + {w}); refusing to compute a wrong mask")
+            q = query[r.q_start : r.q_start + w].view(w, impl.num_heads, -1)
+            out[r.q_start : r.q_start + w] = tree_step.tree_attention(
+                q, key_cache, value_cache, attn_metadata.block_table[r.row], seq_len,
+                tree_step.window_mask(r.tree), impl.scale, layout)
+        ctx.attention_layers += 1
+
+    @classmethod
+    def apply(cls) -> None:
+        try:
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+        except ImportError:  # a build without the CPU backend: trees are refused at proposer init
+            return
+        orig = CPUAttentionBackendImpl.forward
+        if _already(orig):
+            return
+        import inspect
+
+        want = ("self", "layer", "query", "key", "value", "kv_cache", "attn_metadata", "output")
+        have = tuple(inspect.signature(orig).parameters)[: len(want)]
+        if have != want:  # not patched: a tree step then fails loudly (no layer applied the mask)
+            logger.error("specplug: %s has parameters %s, expected %s; tree verification is unavailable",
+                         cls.target, have, want)
+            return
+
+        @functools.wraps(orig)
+        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):
+            res = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)
+            cls.after(self, layer, query, kv_cache, attn_metadata, output)
+            return res
+
+        CPUAttentionBackendImpl.forward = _mark(forward)
+
+
+# ---------------------------------------------------------------------- 6
+class TreeAcceptance:
+    target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample"
+
+    @staticmethod
+    def verify(logits, spec_decode_metadata) -> list:
+        """Before vLLM's sampler runs (it may scale logits in place): the tree verifier's
+        (accepted node ids, committed tokens) for every tree request of the step."""
+        from specplug.engines.vllm import tree_step
+
+        ctx = tree_step.CURRENT
+        if not ctx.rows:
+            return []
+        if ctx.attention_layers == 0:
+            raise RuntimeError("specplug tree verification: no attention layer applied the tree mask this "
+                               "step (is the attention backend CPU_ATTN?); refusing to accept tree drafts")
+        if spec_decode_metadata is None or logits is None:
+            raise RuntimeError("specplug tree verification: the step scheduled tree drafts but vLLM ran no "
+                               "speculative sampling")
+        # logits rows: per request, its draft rows then its bonus row (v1/spec_decode/metadata.py)
+        drafts = np.asarray(spec_decode_metadata.num_draft_tokens)
+        offsets = np.concatenate([[0], np.cumsum(drafts + 1)])
+        out = []
+        for r in ctx.rows:
+            n = r.tree.num_nodes
+            if drafts[r.row] != n:
+                raise RuntimeError(f"specplug tree verification: request {r.req_id}: vLLM sampled "
+                                   f"{drafts[r.row]} drafts, the tree has {n}")
+            start = int(offsets[r.row])
+            out.append((r, *tree_step.accept_greedy(r.tree, logits[start : start + n + 1].float())))
+        return out
+
+    @staticmethod
+    def commit(runner, sampler_output, verified: list) -> None:
+        """Write the verified rows in vLLM's format and move the accepted nodes' KV."""
+        import torch
+
+        from specplug.engines.vllm import tree_step
+
+        ctx = tree_step.CURRENT
+        sampled = sampler_output.sampled_token_ids  # [B, max_spec_len + 1], -1 padded
+        moves = []
+        for r, nodes, tokens in verified:
+            row = torch.full((sampled.shape[1],), -1, dtype=sampled.dtype)
+            row[: len(tokens)] = torch.as_tensor(tokens, dtype=sampled.dtype)
+            sampled[r.row] = row.to(sampled.device)
+            window = ctx.slots[r.row]  # slots of [root, node 0, ...]
+            # depth d's node (window index 1 + node) goes to window index d
+            moves += [(int(window[1 + node]), int(window[d])) for d, node in enumerate(nodes, start=1)]
+            tree_step.record(r.tree.num_nodes, len(nodes), logger)
+        tree_step.compact_kv(runner.kv_caches, moves, TreeAttentionCPU.split_kv, ctx.layout)
+        ctx.rows = []  # done: nothing may apply twice
+
+    @classmethod
+    def apply(cls) -> None:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        orig = GPUModelRunner._sample
+        if _already(orig):
+            return
+
+        @functools.wraps(orig)
+        def _sample(self, logits, spec_decode_metadata, *a, **kw):
+            verified = cls.verify(logits, spec_decode_metadata)
+            out = orig(self, logits, spec_decode_metadata, *a, **kw)
+            if verified:
+                cls.commit(self, out, verified)
+            return out
+
+        GPUModelRunner._sample = _mark(_sample)
+
+
+ALL_PATCHES = (CliSpeculativeConfigFile, SpecplugPayloadToAdditionalConfig, BindRequestIds,
+               TreePositions, TreeAttentionCPU, TreeAcceptance)
 
 
 def apply_all() -> None:

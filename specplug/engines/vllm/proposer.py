@@ -6,8 +6,10 @@ the scheduler output just before, so specplug's proposers keep per-request state
 - new requests (scheduler_output.scheduled_new_reqs) -> proposer.start (a reused id restarts);
 - finished or aborted requests (scheduler_output.finished_req_ids) -> proposer.stop;
 - tokens committed this step (sampled_token_ids[row]) -> proposer.observe.
-The proposer returns a tree; vLLM's stock hook verifies chains, so we hand it the best path
-(exact by vLLM's own rejection sampler: greedy match, or p(x) acceptance for deterministic drafts).
+The proposer returns a tree. With ``tree: false`` vLLM's stock hook verifies the best path as a
+chain (exact by vLLM's own rejection sampler: greedy match, or p(x) acceptance for deterministic
+drafts). With ``tree: true`` greedy requests get the whole tree, flattened parents-first; the
+tree patches (tree_step.py) verify it in the same target forward. Other requests stay chains.
 """
 
 from __future__ import annotations
@@ -64,20 +66,29 @@ class SpecplugProposer:
                     g[2] += 1
 
             gc.callbacks.append(on_gc)
-        logger.info("specplug: %s proposer active in this worker (chain verification, k=%d, "
-                    "controller=%s)", self.config.method, self.k, self.config.controller)
+        logger.info("specplug: %s proposer active in this worker (%s verification, k=%d, controller=%s)",
+                    self.config.method, "tree" if self.config.tree else "chain", self.k, self.config.controller)
+        self.pending_trees: dict = {}  # req_id -> DraftTree sent last step (read by the tree patches)
+        self._requests = None
         if self.config.tree:
-            logger.warning("specplug: the config asks for tree verification (tree: true), which this "
-                           "version cannot do inside vLLM; vLLM verifies the best path of each tree "
-                           "(still lossless, fewer tokens per step than a tree would give)")
+            from vllm.platforms import current_platform
+
+            if not current_platform.is_cpu():
+                raise RuntimeError(
+                    "specplug: tree: true needs the tree attention mask, which this version implements for "
+                    "vLLM's CPU attention backend only; on this platform use tree: false (best-path chains)")
+            logger.info("specplug: tree verification on for greedy requests (depth positions, tree "
+                        "attention mask on CPU_ATTN, greedy tree acceptance, KV compaction); sampling "
+                        "requests and requests with logprobs/penalties are drafted as chains")
 
     # vLLM lifecycle -----------------------------------------------------------------
     def load_model(self, target_model) -> None:
         self.target_model = target_model  # model-free proposers ignore it
 
-    def bind_step(self, input_batch, scheduler_output) -> None:
+    def bind_step(self, input_batch, scheduler_output, requests=None) -> None:
         self._input_batch = input_batch
         self._sched = scheduler_output
+        self._requests = requests
 
     def _sync_lifecycle(self) -> None:
         s = self._sched
@@ -146,6 +157,7 @@ class SpecplugProposer:
             rows.append(row)
             batch.append(ReqState(rid, np.asarray(token_ids_cpu[row, :n]), int(num_prompt[row])))
             caps.append(cap)
+        self.pending_trees = {}
         if not batch:
             self.planner.step_finished(0)
             return out
@@ -157,7 +169,11 @@ class SpecplugProposer:
         if not batch:
             self.planner.step_finished(0)
             return out
-        budgets = [Budget(max(size, 1), tree=False) for size in sizes]
+        from specplug.engines.vllm.tree_step import plain_greedy
+
+        budgets = [Budget(max(size, 1), tree=self.config.tree and size > 0
+                          and plain_greedy(r.req_id, self._input_batch, self._requests))
+                   for r, size in zip(batch, sizes)]
         try:
             trees = self.proposer.propose(batch, budgets)
         except Exception:  # drafting is an optimisation: never take the engine down with it
@@ -168,6 +184,12 @@ class SpecplugProposer:
             self.planner.step_finished(0)
             return out
         for row, req, tree, size, b in zip(rows, batch, trees, sizes, budgets):
+            if b.tree and tree.num_nodes > 1:
+                tree = tree.subtree(range(min(tree.num_nodes, b.max_nodes)))  # parents-first: a prefix is a tree
+                out[row] = [int(t) for t in tree.tokens]
+                self.pending_trees[req.req_id] = tree
+                self.planner.drafted(req.req_id, out[row], sent=True)
+                continue
             tokens = [int(t) for t in tree.chain_tokens()[: b.max_nodes]]
             if size > 0:
                 out[row] = tokens

@@ -1,0 +1,220 @@
+"""Tree verification inside one stock vLLM step: the per-step state and the torch pieces.
+
+vLLM schedules a request's speculative tokens as a chain: n tokens after the last committed one,
+at consecutive positions, attending causally, verified left to right. specplug hands vLLM a tree
+flattened in topological order (parents before children) as those n tokens and fixes up exactly
+three things around the stock step (the patches in patches.py call into this module):
+
+1. positions (after ``GPUModelRunner._prepare_inputs``): node i sits at ``prefix + depth(i)``,
+   not ``prefix + 1 + i``. KV slots stay the consecutive ones vLLM reserved (slot mapping is
+   computed before the positions are rewritten), so siblings never share a slot.
+2. attention (around the attention backend's ``forward``): rows of a tree request are recomputed
+   with the tree mask: the whole prefix, the root query, and the node's own ancestors and itself.
+3. acceptance (after ``GPUModelRunner._sample``): for a tree request the sampled row is replaced
+   by the tree verifier's result (accepted path + bonus, in vLLM's [-1]-padded row format), and
+   the accepted nodes' KV is moved into the slots of positions ``prefix + 1 .. prefix + k``
+   (kernels/kv_compact.py). vLLM then sees "k drafts accepted" and its cache holds exactly the
+   committed sequence, as after a chain step; the rejected nodes' slots lie beyond the committed
+   length and are overwritten next step (never hashed into the prefix cache).
+
+Only greedy requests get trees in this version (greedy tree verification is exact argmax
+matching); sampling requests and requests that ask for logprobs are drafted as chains and go
+through vLLM's own rejection sampler unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from specplug.tree import DraftTree
+from specplug.verify import greedy_verify
+
+
+@dataclass
+class TreeRow:
+    """One tree request in this step's batch."""
+
+    row: int  # index in the runner's input batch
+    req_id: str
+    q_start: int  # index of the request's first query token (the root) in the flat batch
+    prefix: int  # tokens in the cache before the root (= the root's position)
+    tree: DraftTree  # the n scheduled nodes, topological order
+
+
+@dataclass
+class StepContext:
+    rows: list[TreeRow] = field(default_factory=list)
+    slots: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> int64[n + 1] window slots
+    attention_layers: int = 0  # layers whose attention applied the tree mask this step
+    layout: "CacheLayout | None" = None  # the KV cache layout those layers use
+
+    def by_row(self) -> dict[int, TreeRow]:
+        return {r.row: r for r in self.rows}
+
+
+CURRENT = StepContext()  # one model runner per worker process; reset by every _prepare_inputs
+LAYOUTS: dict = {}  # (kv heads, block size, head dim, dtype, backend isa) -> CacheLayout
+STATS = {"trees": 0, "nodes": 0, "accepted": 0}  # worker-wide, logged now and then
+
+
+def record(num_nodes: int, num_accepted: int, logger, every: int = 256) -> None:
+    first = STATS["trees"] == 0
+    STATS["trees"] += 1
+    STATS["nodes"] += num_nodes
+    STATS["accepted"] += num_accepted
+    if first or STATS["trees"] % every == 0:
+        t = STATS["trees"]
+        logger.info("specplug: tree verification: %d trees verified in this worker, %.1f nodes and "
+                    "%.2f accepted per tree", t, STATS["nodes"] / t, STATS["accepted"] / t)
+
+
+def is_chain(parents: np.ndarray) -> bool:
+    return bool(np.array_equal(parents, np.arange(parents.size) - 1))
+
+
+def plain_greedy(req_id, input_batch, requests) -> bool:
+    """Greedy with nothing that makes the target's choice depend on more than its logits at
+    the node (penalties, bias, bad words, min_tokens...), and no logprobs to report: the only
+    requests whose tree this version verifies (others are drafted as chains)."""
+    if req_id not in getattr(input_batch, "greedy_reqs", ()):
+        return False
+    state = (requests or {}).get(req_id)
+    sp = getattr(state, "sampling_params", None)
+    if sp is None:
+        return False
+    return (sp.logprobs is None and not sp.presence_penalty and not sp.frequency_penalty
+            and sp.repetition_penalty == 1.0 and not sp.logit_bias and not getattr(sp, "bad_words", None)
+            and not sp.allowed_token_ids and not sp.min_tokens and not getattr(sp, "logits_processors", None)
+            and getattr(sp, "structured_outputs", None) is None and not getattr(sp, "thinking_token_budget", None)
+            and not getattr(sp, "trace_decode_token_ids", None))
+
+
+def window_mask(tree: DraftTree) -> torch.Tensor:
+    """bool[n + 1, n + 1] over the verify window [root, node 0, ..., node n-1]."""
+    n = tree.num_nodes
+    m = np.zeros((n + 1, n + 1), dtype=bool)
+    m[:, 0] = True
+    m[1:, 1:] = tree.ancestor_mask()
+    return torch.from_numpy(m)
+
+
+@dataclass
+class CacheLayout:
+    """Where a backend's cache-write kernel puts element (slot offset s, dim d) of a block.
+
+    A paged cache block of one KV head holds block_size x D values, but a CPU backend may lay them
+    out in an ISA-specific order (tiles, transposes). ``perm[s * D + d]`` is the flat index of
+    (s, d) inside the block's [block_size * D] region, learned once by writing known values with
+    the backend's own cache-write kernel (``probe``), so reading and moving KV never assumes a
+    layout the kernel does not use.
+    """
+
+    perm_k: torch.Tensor  # int64[block_size * D]
+    perm_v: torch.Tensor
+    block_size: int
+    head_dim: int
+
+    @classmethod
+    def probe(cls, write, num_kv_heads: int, block_size: int, head_dim: int, dtype, split_kv) -> "CacheLayout":
+        """write(key, value, kv_cache, slot_mapping): the backend's cache update."""
+        D, bs = head_dim, block_size
+        perms = []
+        for values in (lambda s, d: s, lambda s, d: d):  # small integers: exact in any float dtype
+            grid = torch.tensor([[values(s_, d_) for d_ in range(D)] for s_ in range(bs)], dtype=torch.float32)
+            kv = torch.full((1, num_kv_heads, bs, 2 * D), -1.0, dtype=dtype)
+            x = grid[:, None, :].expand(bs, num_kv_heads, D).to(dtype).contiguous()
+            write(x, x, kv, torch.arange(bs, dtype=torch.int64))
+            perms.append([part.view(1, num_kv_heads, bs * D)[0, 0].float() for part in split_kv(kv)])
+        out = []
+        for which in range(2):  # keys, values
+            slot_of, dim_of = perms[0][which].long(), perms[1][which].long()
+            flat = slot_of * D + dim_of
+            perm = torch.full((bs * D,), -1, dtype=torch.int64)
+            perm[flat] = torch.arange(bs * D)
+            if (perm < 0).any() or not torch.equal(torch.sort(flat).values, torch.arange(bs * D)):
+                raise RuntimeError("specplug tree verification: the attention backend's KV cache layout is not "
+                                   "a per-block permutation of (slot, dim); cannot read or move its KV")
+            out.append(perm)
+        layout = cls(out[0], out[1], bs, D)
+        layout._self_check(write, num_kv_heads, dtype, split_kv)
+        return layout
+
+    def _self_check(self, write, num_kv_heads, dtype, split_kv) -> None:
+        g = torch.Generator().manual_seed(0)
+        k = torch.randn(2 * self.block_size, num_kv_heads, self.head_dim, generator=g).to(dtype)
+        v = torch.randn(2 * self.block_size, num_kv_heads, self.head_dim, generator=g).to(dtype)
+        kv = torch.zeros(3, num_kv_heads, self.block_size, 2 * self.head_dim, dtype=dtype)
+        slots = torch.arange(2 * self.block_size, dtype=torch.int64) + self.block_size  # blocks 1, 2
+        write(k, v, kv, slots)
+        kc, vc = split_kv(kv)
+        blocks = torch.tensor([1, 2])
+        if not (torch.equal(self.gather(kc, blocks, 2 * self.block_size, keys=True), k)
+                and torch.equal(self.gather(vc, blocks, 2 * self.block_size, keys=False), v)):
+            raise RuntimeError("specplug tree verification: reading the backend's KV cache back did not return "
+                               "what its cache-write kernel stored; refusing to verify trees")
+
+    def gather(self, cache: torch.Tensor, block_row: torch.Tensor, seq_len: int, keys: bool) -> torch.Tensor:
+        """[seq_len, H, D] from one half of the cache ([num_blocks, H, block_size, D] view)."""
+        nb, h = cache.shape[0], cache.shape[1]
+        bs, D = self.block_size, self.head_dim
+        nblk = (seq_len + bs - 1) // bs
+        flat = cache.view(nb, h, bs * D)[block_row[:nblk].long()]  # [nblk, H, bs*D]
+        plain = flat[:, :, self.perm_k if keys else self.perm_v].view(nblk, h, bs, D)
+        return plain.permute(0, 2, 1, 3).reshape(nblk * bs, h, D)[:seq_len]
+
+    def move(self, cache: torch.Tensor, src: int, dst: int, keys: bool) -> None:
+        """Copy one slot's [H, D] from slot ``src`` to slot ``dst`` in place."""
+        nb, h = cache.shape[0], cache.shape[1]
+        bs, D = self.block_size, self.head_dim
+        perm = (self.perm_k if keys else self.perm_v).view(bs, D)
+        flat = cache.view(nb, h, bs * D)
+        flat[dst // bs][:, perm[dst % bs]] = flat[src // bs][:, perm[src % bs]]
+
+
+def tree_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
+                   block_row: torch.Tensor, seq_len: int, mask: torch.Tensor, scale: float,
+                   layout: CacheLayout) -> torch.Tensor:
+    """Attention of a request's verify window with the tree mask, read from a paged cache.
+
+    query: [w, Hq, D] (w = n + 1 window rows); key_cache/value_cache: [num_blocks, Hkv, bs, D]
+    views laid out as ``layout`` says; block_row: the request's block table row; seq_len:
+    prefix + w. Returns [w, Hq, D]: float32 softmax, output in the query's dtype.
+    """
+    w = query.shape[0]
+    hq = query.shape[1]
+    k = layout.gather(key_cache, block_row, seq_len, keys=True).float()  # [L, Hkv, D]
+    v = layout.gather(value_cache, block_row, seq_len, keys=False).float()
+    rep = hq // k.shape[1]
+    if rep > 1:  # grouped-query attention: each KV head serves `rep` query heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    allowed = torch.ones(w, seq_len, dtype=torch.bool)
+    allowed[:, seq_len - w:] = mask
+    scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
+    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), v)
+    return out.to(query.dtype)
+
+
+def accept_greedy(tree: DraftTree, window_logits: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(accepted node ids, committed tokens = their tokens + the bonus) from the logits of the
+    window rows [root, node 0, ..., node n-1]."""
+    res = greedy_verify(tree, window_logits)
+    return res.accepted_nodes, res.tokens
+
+
+def compact_kv(kv_caches: list[torch.Tensor], moves: list[tuple[int, int]], split_kv, layout: CacheLayout) -> None:
+    """Move accepted nodes' KV to the chain slots in every layer: ``moves`` is the list of
+    (src slot, dst slot) in increasing depth, which never reads a slot it already wrote
+    (kernels/kv_compact.py explains why; that kernel does the same for plain GPU layouts)."""
+    seen = set()
+    for cache in kv_caches:
+        if cache is None or cache.data_ptr() in seen:  # a cache shared by layers moves once
+            continue
+        seen.add(cache.data_ptr())
+        for part, keys in zip(split_kv(cache), (True, False)):
+            for src, dst in moves:
+                if src != dst:
+                    layout.move(part, src, dst, keys)

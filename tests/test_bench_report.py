@@ -1,0 +1,49 @@
+"""The benchmark report's arithmetic: medians over repeats, paired speedups, identity, τ."""
+
+from specplug.bench import report
+from specplug.bench.suite import SuiteResult, Variant
+
+
+def phase(elapsed, outputs, drafts=0, drafted=0, accepted=0):
+    return {"concurrency": 2, "num_prompts": len(outputs), "elapsed_s": elapsed,
+            "output_tokens": sum(len(o) for o in outputs), "outputs": outputs,
+            "num_drafts": drafts, "num_draft_tokens": drafted, "num_accepted_tokens": accepted}
+
+
+def result(*runs):
+    first, *rest = [{"ok": True, "phases": {"c2": r}} for r in runs]
+    return dict(first, repeats=rest) if rest else first
+
+
+OUT = [[1, 2, 3, 4], [5, 6, 7, 8]]  # 8 output tokens per run
+
+
+def test_single_run_speedup_tau_and_identity():
+    base = SuiteResult(Variant("no speculation", None), result(phase(2.0, OUT)))
+    spec = SuiteResult(Variant("x", {}), result(phase(1.0, [[1, 2, 3, 4], [5, 6, 0, 0]], 4, 12, 6)))
+    rows = report.rows([base, spec])
+    assert rows[1]["tok_per_s"] == 8.0 and rows[1]["speedup"] == 2.0
+    assert rows[1]["tau"] == 1 + 6 / 4 and rows[1]["identical"] == "1/2"
+    assert "(" not in report.markdown(rows).splitlines()[-1].split("|")[5]  # no spread for one run
+
+
+def test_repeats_pair_rounds_and_take_medians():
+    # the machine slows down in round 2: paired ratios stay 2.0, unpaired ones would not
+    base = SuiteResult(Variant("no speculation", None), result(phase(2.0, OUT), phase(4.0, OUT), phase(2.0, OUT)))
+    spec = SuiteResult(Variant("x", {}), result(phase(1.0, OUT, 2, 4, 2), phase(2.0, OUT, 2, 4, 2),
+                                                phase(1.0, [[0], [0]], 2, 4, 2)))
+    rows = report.rows([base, spec])
+    r = rows[1]
+    assert r["runs"] == 3 and r["tok_per_s"] == 4.0 and r["tok_per_s_runs"] == [8.0, 4.0, 2.0]
+    assert r["speedup"] == 2.0 and r["speedup_runs"][:2] == [2.0, 2.0]
+    assert r["drafted"] == 12 and r["accepted"] == 6 and r["tau"] == 1 + 6 / 6
+    assert r["identical"] == "0/2"  # the worst run counts
+    line = report.markdown(rows).splitlines()[-1]
+    assert "4.0 (2–8)" in line and "2.00× (" in line
+
+
+def test_failed_configuration_is_reported_not_dropped():
+    base = SuiteResult(Variant("no speculation", None), result(phase(2.0, OUT)))
+    bad = SuiteResult(Variant("y", {}), {"ok": False, "error": "boom"})
+    rows = report.rows([base, bad])
+    assert rows[1]["error"] == "boom" and "not run: boom" in report.markdown(rows)

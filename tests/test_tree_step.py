@@ -1,0 +1,130 @@
+"""The pieces of tree verification inside vLLM (specplug/engines/vllm/tree_step.py) against
+brute-force recomputation: positions, the window mask, paged tree attention, greedy acceptance
+and KV compaction. No vLLM needed."""
+
+import numpy as np
+import pytest
+import torch
+
+from specplug.engines.vllm import tree_step
+from specplug.tree import DraftTree
+
+# root -> a(0) -> c(2) -> e(4); root -> b(1) -> d(3)
+TREE = DraftTree(np.array([10, 11, 12, 13, 14]), np.array([-1, -1, 0, 1, 2]))
+
+
+def test_window_mask_is_ancestors_plus_root():
+    m = tree_step.window_mask(TREE).numpy()
+    # window index 0 = root, 1 + i = node i
+    want = np.zeros((6, 6), bool)
+    for q, path in enumerate([[0], [0, 1], [0, 2], [0, 1, 3], [0, 2, 4], [0, 1, 3, 5]]):
+        want[q, path] = True
+    assert (m == want).all()
+
+
+def test_positions_are_prefix_plus_depth():
+    assert TREE.position_ids(7).tolist() == [7, 8, 8, 9, 9, 10]
+
+
+def split(cache):
+    """The CPU backend's view: [nb, H, bs, 2D] as [nb, H, 2 bs, D], keys first."""
+    nb, h, bs, _ = cache.shape
+    return cache.view(nb, h, bs * 2, -1).chunk(2, dim=2)
+
+
+def tiled_write(key, value, cache, slots):
+    """A cache-write kernel with an ISA-like layout: each block's (slot, dim) values stored
+    transposed (dim-major) for keys and with slots reversed for values."""
+    kc, vc = split(cache)
+    nb, h, bs, D = kc.shape
+    for i, s in enumerate(slots.tolist()):
+        b, o = divmod(s, bs)
+        kflat = kc[b].reshape(h, bs * D)  # views: the block's rows are contiguous
+        vflat = vc[b].reshape(h, bs * D)
+        kflat[:, torch.arange(D) * bs + o] = key[i]
+        vflat[:, (bs - 1 - o) * D + torch.arange(D)] = value[i]
+
+
+def plain_write(key, value, cache, slots):
+    kc, vc = split(cache)
+    bs = kc.shape[2]
+    for i, s in enumerate(slots.tolist()):
+        kc[s // bs, :, s % bs] = key[i]
+        vc[s // bs, :, s % bs] = value[i]
+
+
+@pytest.mark.parametrize("write", [plain_write, tiled_write], ids=["plain", "tiled"])
+def test_layout_probe_reads_back_what_the_kernel_wrote(write):
+    layout = tree_step.CacheLayout.probe(write, 2, 4, 8, torch.float32, split)
+    cache = torch.randn(5, 2, 4, 16)
+    k, v = torch.randn(10, 2, 8), torch.randn(10, 2, 8)
+    blocks = torch.tensor([3, 0, 4])
+    write(k, v, cache, torch.tensor([3 * 4 + i for i in range(4)] + [i for i in range(4)] + [16, 17]))
+    kc, vc = split(cache)
+    assert torch.equal(layout.gather(kc, blocks, 10, keys=True), k)
+    assert torch.equal(layout.gather(vc, blocks, 10, keys=False), v)
+
+
+def test_layout_probe_refuses_a_layout_that_mixes_blocks():
+    def broken(key, value, cache, slots):
+        kc, vc = split(cache)
+        kc.zero_(), vc.zero_()  # writes nothing where it should
+    with pytest.raises(RuntimeError, match="layout"):
+        tree_step.CacheLayout.probe(broken, 2, 4, 8, torch.float32, split)
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (4, 2)])
+@pytest.mark.parametrize("write", [plain_write, tiled_write], ids=["plain", "tiled"])
+def test_tree_attention_equals_per_path_causal_attention(hq, hkv, write):
+    """Each window row attends exactly as it would in plain causal decoding of its own path."""
+    prefix, w, D, bs = 9, TREE.num_nodes + 1, 8, 4
+    L = prefix + w
+    k, v = torch.randn(L, hkv, D), torch.randn(L, hkv, D)
+    q = torch.randn(w, hq, D)
+    blocks = torch.tensor([5, 1, 7, 2])  # shuffled pages
+    cache = torch.randn(8, hkv, bs, 2 * D)  # garbage everywhere else
+    write(k, v, cache, torch.tensor([int(blocks[p // bs]) * bs + p % bs for p in range(L)]))
+    layout = tree_step.CacheLayout.probe(write, hkv, bs, D, torch.float32, split)
+    kc, vc = split(cache)
+    got = tree_step.tree_attention(q, kc, vc, blocks, L, tree_step.window_mask(TREE), 0.3, layout)
+    rep = hq // hkv
+    for row in range(w):
+        path = [] if row == 0 else TREE.path_to(row - 1)
+        keys = list(range(prefix + 1)) + [prefix + 1 + n for n in path]  # prefix, root, path
+        kk, vv = k[keys].repeat_interleave(rep, 1), v[keys].repeat_interleave(rep, 1)
+        att = torch.softmax(torch.einsum("hd,khd->hk", q[row], kk) * 0.3, -1)
+        want = torch.einsum("hk,khd->hd", att, vv)
+        torch.testing.assert_close(got[row], want, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_acceptance_follows_the_argmax_path():
+    V = 32
+    logits = torch.zeros(6, V)
+    logits[0, 11] = 1  # root: argmax 11 -> node 1 (b)
+    logits[2, 13] = 1  # node 1's row: 13 -> node 3 (d)
+    logits[4, 7] = 1  # node 3's row: 7, not drafted -> bonus
+    logits[1, 12] = 1  # the other branch would continue, but it was not taken
+    nodes, tokens = tree_step.accept_greedy(TREE, logits)
+    assert nodes == [1, 3] and tokens == [11, 13, 7]
+
+
+@pytest.mark.parametrize("write", [plain_write, tiled_write], ids=["plain", "tiled"])
+def test_compact_kv_moves_accepted_nodes_into_chain_slots(write):
+    nb, H, bs, D = 6, 2, 4, 3
+    layout = tree_step.CacheLayout.probe(write, H, bs, D, torch.float32, split)
+    cache = torch.zeros(nb, H, bs, 2 * D)
+    window = list(range(5, 11))  # [root, n0..n4] at slots 5..10
+    k, v = torch.randn(6, H, D), torch.randn(6, H, D)
+    write(k, v, cache, torch.tensor(window))
+    # accepted path b (node 1), d (node 3): window 2 -> slot 6, window 4 -> slot 7
+    moves = [(window[1 + 1], window[1]), (window[1 + 3], window[2])]
+    tree_step.compact_kv([cache, cache], moves, split, layout)  # the same cache twice moves once
+    kc, vc = split(cache)
+    gk, gv = layout.gather(kc, torch.arange(nb), 11, True), layout.gather(vc, torch.arange(nb), 11, False)
+    for slot, want in ((5, 0), (6, 2), (7, 4), (8, 3), (9, 4), (10, 5)):  # 8.. keep their old values
+        assert torch.equal(gk[slot], k[want]) and torch.equal(gv[slot], v[want])
+
+
+def test_is_chain():
+    assert tree_step.is_chain(np.array([-1, 0, 1]))
+    assert not tree_step.is_chain(TREE.parents)
