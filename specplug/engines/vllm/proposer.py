@@ -8,8 +8,9 @@ the scheduler output just before, so specplug's proposers keep per-request state
 - tokens committed this step (sampled_token_ids[row]) -> proposer.observe.
 The proposer returns a tree. With ``tree: false`` vLLM's stock hook verifies the best path as a
 chain (exact by vLLM's own rejection sampler: greedy match, or p(x) acceptance for deterministic
-drafts). With ``tree: true`` greedy requests get the whole tree, flattened parents-first; the
-tree patches (tree_step.py) verify it in the same target forward. Other requests stay chains.
+drafts). With ``tree: true`` greedy and plain-temperature sampling requests get the whole tree,
+flattened parents-first; the tree patches (tree_step.py) verify it in the same target forward.
+Other requests stay chains.
 """
 
 from __future__ import annotations
@@ -77,9 +78,9 @@ class SpecplugProposer:
                 raise RuntimeError(
                     "specplug: tree: true needs the tree attention mask, which this version implements for "
                     "vLLM's CPU attention backend only; on this platform use tree: false (best-path chains)")
-            logger.info("specplug: tree verification on for greedy requests (depth positions, tree "
-                        "attention mask on CPU_ATTN, greedy tree acceptance, KV compaction); sampling "
-                        "requests and requests with logprobs/penalties are drafted as chains")
+            logger.info("specplug: tree verification on for greedy and plain-temperature requests (depth "
+                        "positions, tree attention mask on CPU_ATTN, greedy / sample-and-match acceptance, "
+                        "KV compaction); requests with logprobs, penalties or top-k/top-p are drafted as chains")
 
     # vLLM lifecycle -----------------------------------------------------------------
     def load_model(self, target_model) -> None:
@@ -169,10 +170,10 @@ class SpecplugProposer:
         if not batch:
             self.planner.step_finished(0)
             return out
-        from specplug.engines.vllm.tree_step import plain_greedy
+        from specplug.engines.vllm.tree_step import tree_mode
 
         budgets = [Budget(max(size, 1), tree=self.config.tree and size > 0
-                          and plain_greedy(r.req_id, self._input_batch, self._requests))
+                          and tree_mode(r.req_id, self._input_batch, self._requests) is not None)
                    for r, size in zip(batch, sizes)]
         try:
             trees = self.proposer.propose(batch, budgets)
@@ -184,7 +185,7 @@ class SpecplugProposer:
             self.planner.step_finished(0)
             return out
         for row, req, tree, size, b in zip(rows, batch, trees, sizes, budgets):
-            if b.tree and tree.num_nodes > 1:
+            if b.tree and tree.num_nodes > 0:
                 tree = tree.subtree(range(min(tree.num_nodes, b.max_nodes)))  # parents-first: a prefix is a tree
                 out[row] = [int(t) for t in tree.tokens]
                 self.pending_trees[req.req_id] = tree

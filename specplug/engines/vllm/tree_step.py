@@ -17,9 +17,10 @@ three things around the stock step (the patches in patches.py call into this mod
    committed sequence, as after a chain step; the rejected nodes' slots lie beyond the committed
    length and are overwritten next step (never hashed into the prefix cache).
 
-Only greedy requests get trees in this version (greedy tree verification is exact argmax
-matching); sampling requests and requests that ask for logprobs are drafted as chains and go
-through vLLM's own rejection sampler unchanged.
+Greedy requests (exact argmax matching) and plain-temperature sampling requests (sample-and-match,
+exact for the deterministic drafts of model-free proposers) get trees; requests that ask for
+logprobs or use penalties, top-k/top-p and the like are drafted as chains and go through vLLM's
+own rejection sampler unchanged (tree_mode).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from specplug.tree import DraftTree
-from specplug.verify import greedy_verify
+from specplug.verify import greedy_verify, sample_and_match, target_probs
 
 
 @dataclass
@@ -42,6 +43,7 @@ class TreeRow:
     q_start: int  # index of the request's first query token (the root) in the flat batch
     prefix: int  # tokens in the cache before the root (= the root's position)
     tree: DraftTree  # the n scheduled nodes, topological order
+    mode: str = "greedy"  # or "sample" (tree_mode)
 
 
 @dataclass
@@ -57,39 +59,49 @@ class StepContext:
 
 CURRENT = StepContext()  # one model runner per worker process; reset by every _prepare_inputs
 LAYOUTS: dict = {}  # (kv heads, block size, head dim, dtype, backend isa) -> CacheLayout
-STATS = {"trees": 0, "nodes": 0, "accepted": 0}  # worker-wide, logged now and then
+STATS = {"trees": 0, "nodes": 0, "accepted": 0, "sampled": 0}  # worker-wide, logged now and then
 
 
-def record(num_nodes: int, num_accepted: int, logger, every: int = 256) -> None:
-    first = STATS["trees"] == 0
+def record(num_nodes: int, num_accepted: int, logger, sampled: bool = False, every: int = 256) -> None:
+    first = STATS["trees"] == 0 or (sampled and STATS["sampled"] == 0)
     STATS["trees"] += 1
+    STATS["sampled"] += int(sampled)
     STATS["nodes"] += num_nodes
     STATS["accepted"] += num_accepted
     if first or STATS["trees"] % every == 0:
         t = STATS["trees"]
-        logger.info("specplug: tree verification: %d trees verified in this worker, %.1f nodes and "
-                    "%.2f accepted per tree", t, STATS["nodes"] / t, STATS["accepted"] / t)
+        logger.info("specplug: tree verification: %d trees verified in this worker (%d of sampling "
+                    "requests), %.1f nodes and %.2f accepted per tree", t, STATS["sampled"],
+                    STATS["nodes"] / t, STATS["accepted"] / t)
 
 
 def is_chain(parents: np.ndarray) -> bool:
     return bool(np.array_equal(parents, np.arange(parents.size) - 1))
 
 
-def plain_greedy(req_id, input_batch, requests) -> bool:
-    """Greedy with nothing that makes the target's choice depend on more than its logits at
-    the node (penalties, bias, bad words, min_tokens...), and no logprobs to report: the only
-    requests whose tree this version verifies (others are drafted as chains)."""
-    if req_id not in getattr(input_batch, "greedy_reqs", ()):
-        return False
+def tree_mode(req_id, input_batch, requests) -> str | None:
+    """"greedy" or "sample" for requests whose tree this version verifies, else None (chain).
+
+    Only requests whose target distribution at a node depends on the logits there alone: no
+    penalties, bias, bad words, allowed tokens, min_tokens, structured output or custom logits
+    processors, no logprobs to report, and for sampling plain temperature (no top-k/top-p/min-p,
+    whose filtering vLLM's sampler would apply in its own way)."""
     state = (requests or {}).get(req_id)
     sp = getattr(state, "sampling_params", None)
     if sp is None:
-        return False
-    return (sp.logprobs is None and not sp.presence_penalty and not sp.frequency_penalty
-            and sp.repetition_penalty == 1.0 and not sp.logit_bias and not getattr(sp, "bad_words", None)
-            and not sp.allowed_token_ids and not sp.min_tokens and not getattr(sp, "logits_processors", None)
-            and getattr(sp, "structured_outputs", None) is None and not getattr(sp, "thinking_token_budget", None)
-            and not getattr(sp, "trace_decode_token_ids", None))
+        return None
+    plain = (sp.logprobs is None and not sp.presence_penalty and not sp.frequency_penalty
+             and sp.repetition_penalty == 1.0 and not sp.logit_bias and not getattr(sp, "bad_words", None)
+             and not sp.allowed_token_ids and not sp.min_tokens and not getattr(sp, "logits_processors", None)
+             and getattr(sp, "structured_outputs", None) is None and not getattr(sp, "thinking_token_budget", None)
+             and not getattr(sp, "trace_decode_token_ids", None))
+    if not plain:
+        return None
+    if req_id in getattr(input_batch, "greedy_reqs", ()):
+        return "greedy"
+    if sp.top_k in (0, -1) and sp.top_p == 1.0 and sp.min_p == 0.0 and sp.temperature > 0:
+        return "sample"
+    return None
 
 
 def window_mask(tree: DraftTree) -> torch.Tensor:
@@ -198,10 +210,21 @@ def tree_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     return out.to(query.dtype)
 
 
-def accept_greedy(tree: DraftTree, window_logits: torch.Tensor) -> tuple[list[int], list[int]]:
-    """(accepted node ids, committed tokens = their tokens + the bonus) from the logits of the
-    window rows [root, node 0, ..., node n-1]."""
-    res = greedy_verify(tree, window_logits)
+def accept(tree: DraftTree, window_logits: torch.Tensor, mode: str, temperature: float = 1.0,
+           generator: torch.Generator | None = None) -> tuple[list[int], list[int]]:
+    """(accepted node ids, committed tokens = their tokens + the bonus/correction) from the
+    logits of the window rows [root, node 0, ..., node n-1].
+
+    greedy: the longest path of argmax tokens. sample: sample-and-match (specplug/verify.py),
+    exact for deterministic drafts: at each node draw y ~ softmax(logits / T), descend if a child
+    holds y, else emit y; the request's own seeded generator (if any) supplies the uniforms.
+    """
+    if mode == "greedy":
+        res = greedy_verify(tree, window_logits)
+    else:
+        probs = target_probs(window_logits, temperature=temperature)
+        uniforms = torch.rand(tree.num_nodes + 1, 2, generator=generator, dtype=torch.float64)
+        res = sample_and_match(tree, probs, uniforms)
     return res.accepted_nodes, res.tokens
 
 
