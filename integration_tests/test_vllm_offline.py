@@ -52,7 +52,9 @@ def baseline(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("method", [m for m in available_methods() if not m.endswith("_for_tests")])
 def test_greedy_output_identical_to_no_speculation(method, tiny_model, baseline, tmp_path):
-    cfg = SpecplugConfig(method=method, num_speculative_tokens=8)
+    # controller off: this test is about exactness, and at batch 64 on this CPU the goodput
+    # controller (default on) rightly sends almost no drafts, which would leave nothing to check
+    cfg = SpecplugConfig(method=method, num_speculative_tokens=8, controller="off")
     got = run(tiny_model, cfg.to_vllm(), method, tmp_path)
     for phase in ("batch", "single"):
         want = baseline[phase]["outputs"]

@@ -103,10 +103,10 @@ def run(args) -> int:
             variants += suite.vllm_builtin_variants()
         specplug = suite.specplug_variants(args.config) if args.config else default_specplug_variants()
         variants += specplug
-        if args.ablate_controller:
-            variants += suite.without_controller(specplug)
-        if args.ablate_tree:
-            variants += suite.best_path_only(specplug)
+        ablated = suite.without_controller(specplug) if args.ablate_controller else []
+        variants += ablated
+        if args.ablate_tree:  # every tree config, with and without the controller, as best path too
+            variants += suite.best_path_only(specplug + ablated)
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
             "prompts": [p.token_ids for p in prompts], "phases": phases}
     print(f"[specplug] {len(prompts)} prompts x {args.max_tokens} greedy tokens on {model_dir} ({args.dtype}); "
