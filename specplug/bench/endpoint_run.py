@@ -52,13 +52,14 @@ def _one_request(client, model: str, prompt: list[int], max_tokens: int) -> tupl
 def run(base_url: str, req: dict) -> dict:
     from openai import OpenAI
 
+    from specplug.bench.engine_run import phase_prompts
+
     base_url = base_url.rstrip("/")
     client = OpenAI(base_url=f"{base_url}/v1", api_key="none", timeout=600)
     model = client.models.list().data[0].id
     phases = {}
     for phase in req["phases"]:
-        start = phase.get("offset", 0)
-        prompts = req["prompts"][start : start + phase.get("num", len(req["prompts"]) - start)]
+        prompts = phase_prompts(req, phase)
         conc = phase["concurrency"]
         before = _metrics(base_url)
         results = []

@@ -38,6 +38,12 @@ def cpu_engine_env() -> dict[str, str]:
     return env
 
 
+def phase_prompts(req: dict, phase: dict) -> list:
+    """The prompts of one phase: ``num`` prompts from ``offset`` (default: all from 0)."""
+    start = phase.get("offset", 0)
+    return req["prompts"][start : start + phase.get("num", len(req["prompts"]) - start)]
+
+
 def _spec_counters(llm) -> dict[str, int]:
     out = {v: 0 for v in SPEC_COUNTERS.values()}
     for m in llm.get_metrics():
@@ -72,7 +78,7 @@ def run(req: dict) -> dict:
         # Phases use disjoint prompts: a proposer with a global cache (suffix) must not be
         # scored on answers it already saw in an earlier phase.
         start = phase.get("offset", 0)
-        prompts = req["prompts"][start : start + phase.get("num", len(req["prompts"]) - start)]
+        prompts = phase_prompts(req, phase)
         conc = phase["concurrency"]
         before = _spec_counters(llm)
         outputs: list[list[int]] = []

@@ -275,7 +275,7 @@ class TreeAttentionCPU:
             q = query[r.q_start : r.q_start + w].view(w, impl.num_heads, -1)
             out[r.q_start : r.q_start + w] = tree_step.tree_attention(
                 q, key_cache, value_cache, attn_metadata.block_table[r.row], seq_len,
-                tree_step.window_mask(r.tree), impl.scale, layout)
+                r.mask, impl.scale, layout)
         ctx.attention_layers += 1
 
     @classmethod

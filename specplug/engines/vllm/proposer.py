@@ -23,6 +23,7 @@ import numpy as np
 
 from specplug.budgeting import BudgetPlanner
 from specplug.config import SpecplugConfig
+from specplug.engines.vllm.tree_step import tree_mode
 from specplug.proposers.base import Budget, ReqState, VerifyInfo
 from specplug.tree import DraftTree
 
@@ -170,8 +171,6 @@ class SpecplugProposer:
         if not batch:
             self.planner.step_finished(0)
             return out
-        from specplug.engines.vllm.tree_step import tree_mode
-
         budgets = [Budget(max(size, 1), tree=self.config.tree and size > 0
                           and tree_mode(r.req_id, self._input_batch, self._requests) is not None)
                    for r, size in zip(batch, sizes)]

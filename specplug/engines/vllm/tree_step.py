@@ -44,6 +44,11 @@ class TreeRow:
     prefix: int  # tokens in the cache before the root (= the root's position)
     tree: DraftTree  # the n scheduled nodes, topological order
     mode: str = "greedy"  # or "sample" (tree_mode)
+    mask: torch.Tensor | None = None  # window_mask(tree), built once per step, read by every layer
+
+    def __post_init__(self) -> None:
+        if self.mask is None:
+            self.mask = window_mask(self.tree)
 
 
 @dataclass
@@ -52,9 +57,6 @@ class StepContext:
     slots: dict[int, torch.Tensor] = field(default_factory=dict)  # row -> int64[n + 1] window slots
     attention_layers: int = 0  # layers whose attention applied the tree mask this step
     layout: "CacheLayout | None" = None  # the KV cache layout those layers use
-
-    def by_row(self) -> dict[int, TreeRow]:
-        return {r.row: r for r in self.rows}
 
 
 CURRENT = StepContext()  # one model runner per worker process; reset by every _prepare_inputs
