@@ -62,7 +62,13 @@ def test_greedy_output_identical_to_no_speculation(method, tiny_model, baseline,
         assert not diff, f"{method}/{phase}: prompts {diff} differ from no speculation"
         assert len(got[phase]["outputs"]) == len(want)
     # not vacuous: drafts were made and some were accepted
-    assert got["batch"]["num_draft_tokens"] > 0 and got["batch"]["num_accepted_tokens"] > 0
+    batch = got["batch"]
+    assert batch["num_draft_tokens"] > 0 and batch["num_accepted_tokens"] > 0
+    # drafting continues while some request is near max_model_len (patch 7, DraftNearMaxModelLen):
+    # without it vLLM sends k zero-token drafts for every request on those steps and suffix's
+    # acceptance rate on this workload falls from ~0.65 to ~0.07
+    if method == "suffix":
+        assert batch["num_accepted_tokens"] > 0.3 * batch["num_draft_tokens"], batch
     # the long prompts ran into max_model_len rather than max_tokens
     lengths = [len(p) + len(o) for p, o in zip(prompts(), baseline["batch"]["outputs"])]
     assert max(lengths) == MAX_MODEL_LEN

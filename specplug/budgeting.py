@@ -5,6 +5,7 @@ An engine adapter calls, once per engine step:
     planner.step_started(num_scheduled_tokens, has_new_requests)   # measures the last step
     planner.committed(req_id, tokens)                             # per request with output
     budgets = planner.budgets(req_ids)                            # 0 = do not send drafts
+    planner.propose_started()                                     # drafting time starts here
     ... draft: budget tokens, or one unsent token where budget == 0 and planner.shadow(req_id) ...
     planner.drafted(req_id, tokens, sent)
     planner.step_finished(num_drafting_requests)
@@ -14,6 +15,9 @@ What is measured, and why this way:
   work for the step in between (scheduling, the target forward over `num_scheduled_tokens`,
   sampling, bookkeeping). Steps that admitted new requests are skipped: their interval can
   include the engine idling while it waited for those requests.
+- Drafting time: from ``propose_started`` to ``step_finished``, per drafting request: the
+  marginal cost of a request that drafts. Work done for every request anyway (feeding commits
+  to the proposer) is left out, or it would be charged to the few requests that draft.
 - Acceptance: a request with drafts sent last step committed ``1 + accepted`` tokens.
 - Shadow drafting: every ``shadow_every``-th step of a request whose budget is 0 we still draft
   one token and do not send it; the next committed token tells whether it would have been
@@ -93,6 +97,11 @@ class BudgetPlanner:
     def shadow(self, req_id) -> bool:
         """Should a request with budget 0 draft an unsent token this step?"""
         return self._off_steps.get(req_id, 0) % self.shadow_every == 1 or self.shadow_every == 1
+
+    def propose_started(self) -> None:
+        """The proposer is about to draft: the time before this (feeding commits to the proposer,
+        planning) is paid whatever the budgets are, so it is not part of the drafting cost."""
+        self._draft_start = self._clock()
 
     def drafted(self, req_id, tokens: list[int], sent: bool) -> None:
         if tokens:

@@ -52,6 +52,7 @@ def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, see
         plan = p.budgets(list(alphas))
         log.append(dict(plan))
         drafting = [r for r in alphas if plan[r] > 0 or p.shadow(r)]
+        p.propose_started()
         clock.t += draft_seconds * len(drafting)
         for r in alphas:
             if r in drafting:
@@ -121,3 +122,18 @@ def test_idle_gap_is_not_taken_as_a_step_time():
     clock.t += 30.0  # the engine waited half a minute for work
     p.step_started(4, has_new_requests=False)
     assert abs(p.controller.cost.predict(4) - before) < 1e-3
+
+
+def test_drafting_cost_excludes_work_done_for_every_request():
+    # feeding commits to the proposer happens whatever the budgets are; charging it to the one
+    # request that drafts would make drafting look 100x dearer than it is
+    clock = FakeClock()
+    p = BudgetPlanner(4, clock=clock)
+    for _ in range(50):
+        p.step_started(16, has_new_requests=False)
+        clock.t += 0.010  # observe() for 16 requests
+        p.budgets(["a"])
+        p.propose_started()
+        clock.t += 0.0001  # drafting one request
+        p.step_finished(1)
+    assert abs(p.controller.propose_seconds - 0.0001) < 0.00002

@@ -50,6 +50,9 @@ REQUIREMENTS = (
                 params=("self", "logits", "spec_decode_metadata")),
     Requirement("vllm.v1.core.sched.output:SchedulerOutput", fields=("scheduled_spec_decode_tokens",)),
     Requirement("vllm.v1.spec_decode.metadata:SpecDecodeMetadata", fields=("num_draft_tokens",)),
+    # patch 7: drafting for every step, also when a request is near max_model_len
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._input_fits_in_drafter",
+                params=("self", "common_attn_metadata")),
     Requirement("vllm.v1.worker.gpu_input_batch:InputBatch.__init__",
                 source=("self.greedy_reqs", "self.num_computed_tokens_cpu", "self.num_logprobs")),
 )

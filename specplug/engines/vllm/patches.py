@@ -21,6 +21,12 @@ config is in use: plain JSON speculative configs and other methods pass through 
    Tree verification (tree: true), see tree_step.py: tree nodes get depth positions, the tree
    mask in attention, the tree verifier's result and KV compaction. Inert unless the specplug
    drafter scheduled a tree this step.
+7. DraftNearMaxModelLen   GPUModelRunner._input_fits_in_drafter
+   vLLM 0.32 skips the drafter for the WHOLE batch when any one request is within
+   num_speculative_tokens of max_model_len, and then schedules num_speculative_tokens zero-token
+   drafts for EVERY request: a full-width verify step whose drafts are almost never accepted, and
+   a drafter that misses that step's commits. For specplug's drafter the check passes whenever
+   attention metadata exists; the proposer caps each request's drafts at its own remaining length.
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ def _already(obj) -> bool:
 def _mark(fn):
     setattr(fn, _MARK, True)
     return fn
+
+
+def wrap_method(owner, name: str, make, static: bool = False) -> None:
+    """Replace ``owner.name`` with ``make(original)``, once (re-applying is a no-op)."""
+    orig = getattr(owner, name)
+    if _already(orig):
+        return
+    new = _mark(functools.wraps(orig)(make(orig)))
+    setattr(owner, name, staticmethod(new) if static else new)
 
 
 def load_payload(value) -> dict:
@@ -79,20 +94,17 @@ class CliSpeculativeConfigFile:
     def apply(cls) -> None:
         from vllm.engine.arg_utils import EngineArgs
 
-        orig = EngineArgs.add_cli_args
-        if _already(orig):
-            return
+        def make(orig):
+            def add_cli_args(parser, *args, **kwargs):
+                parser = orig(parser, *args, **kwargs)
+                action = parser._option_string_actions.get("--speculative-config")
+                if action is not None and not _already(action.type):
+                    action.type = _mark(functools.partial(cls.convert, inner=action.type))
+                    action.type.__name__ = "speculative config (JSON or specplug YAML/JSON file)"
+                return parser
+            return add_cli_args
 
-        @functools.wraps(orig)
-        def add_cli_args(parser, *args, **kwargs):
-            parser = orig(parser, *args, **kwargs)
-            action = parser._option_string_actions.get("--speculative-config")
-            if action is not None and not _already(action.type):
-                action.type = _mark(functools.partial(cls.convert, inner=action.type))
-                action.type.__name__ = "speculative config (JSON or specplug YAML/JSON file)"
-            return parser
-
-        EngineArgs.add_cli_args = staticmethod(_mark(add_cli_args))
+        wrap_method(EngineArgs, "add_cli_args", make, static=True)
 
 
 # ---------------------------------------------------------------------- 2
@@ -132,16 +144,13 @@ class SpecplugPayloadToAdditionalConfig:
     def apply(cls) -> None:
         from vllm.engine.arg_utils import EngineArgs
 
-        orig = EngineArgs.create_speculative_config
-        if _already(orig):
-            return
+        def make(orig):
+            def create_speculative_config(self, target_model_config, target_parallel_config, *a, **kw):
+                cls.translate(self)
+                return orig(self, target_model_config, target_parallel_config, *a, **kw)
+            return create_speculative_config
 
-        @functools.wraps(orig)
-        def create_speculative_config(self, target_model_config, target_parallel_config, *a, **kw):
-            cls.translate(self)
-            return orig(self, target_model_config, target_parallel_config, *a, **kw)
-
-        EngineArgs.create_speculative_config = _mark(create_speculative_config)
+        wrap_method(EngineArgs, "create_speculative_config", make)
 
 
 # ---------------------------------------------------------------------- 3
@@ -152,18 +161,15 @@ class BindRequestIds:
     def apply(cls) -> None:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-        orig = GPUModelRunner.propose_draft_token_ids
-        if _already(orig):
-            return
+        def make(orig):
+            def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, *a, **kw):
+                bind = getattr(getattr(self, "drafter", None), "bind_step", None)
+                if bind is not None:
+                    bind(self.input_batch, scheduler_output, getattr(self, "requests", None))
+                return orig(self, scheduler_output, sampled_token_ids, *a, **kw)
+            return propose_draft_token_ids
 
-        @functools.wraps(orig)
-        def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, *a, **kw):
-            bind = getattr(getattr(self, "drafter", None), "bind_step", None)
-            if bind is not None:
-                bind(self.input_batch, scheduler_output, getattr(self, "requests", None))
-            return orig(self, scheduler_output, sampled_token_ids, *a, **kw)
-
-        GPUModelRunner.propose_draft_token_ids = _mark(propose_draft_token_ids)
+        wrap_method(GPUModelRunner, "propose_draft_token_ids", make)
 
 
 # ---------------------------------------------------------------------- 4
@@ -211,17 +217,14 @@ class TreePositions:
     def apply(cls) -> None:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-        orig = GPUModelRunner._prepare_inputs
-        if _already(orig):
-            return
+        def make(orig):
+            def _prepare_inputs(self, scheduler_output, *a, **kw):
+                out = orig(self, scheduler_output, *a, **kw)
+                cls.after(self, scheduler_output)
+                return out
+            return _prepare_inputs
 
-        @functools.wraps(orig)
-        def _prepare_inputs(self, scheduler_output, *a, **kw):
-            out = orig(self, scheduler_output, *a, **kw)
-            cls.after(self, scheduler_output)
-            return out
-
-        GPUModelRunner._prepare_inputs = _mark(_prepare_inputs)
+        wrap_method(GPUModelRunner, "_prepare_inputs", make)
 
 
 def torch_from(values):
@@ -284,25 +287,23 @@ class TreeAttentionCPU:
             from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
         except ImportError:  # a build without the CPU backend: trees are refused at proposer init
             return
-        orig = CPUAttentionBackendImpl.forward
-        if _already(orig):
-            return
         import inspect
 
         want = ("self", "layer", "query", "key", "value", "kv_cache", "attn_metadata", "output")
-        have = tuple(inspect.signature(orig).parameters)[: len(want)]
+        have = tuple(inspect.signature(CPUAttentionBackendImpl.forward).parameters)[: len(want)]
         if have != want:  # not patched: a tree step then fails loudly (no layer applied the mask)
             logger.error("specplug: %s has parameters %s, expected %s; tree verification is unavailable",
                          cls.target, have, want)
             return
 
-        @functools.wraps(orig)
-        def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):
-            res = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)
-            cls.after(self, layer, query, kv_cache, attn_metadata, output)
-            return res
+        def make(orig):
+            def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw):
+                res = orig(self, layer, query, key, value, kv_cache, attn_metadata, output, *a, **kw)
+                cls.after(self, layer, query, kv_cache, attn_metadata, output)
+                return res
+            return forward
 
-        CPUAttentionBackendImpl.forward = _mark(forward)
+        wrap_method(CPUAttentionBackendImpl, "forward", make)
 
 
 # ---------------------------------------------------------------------- 6
@@ -368,23 +369,44 @@ class TreeAcceptance:
     def apply(cls) -> None:
         from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-        orig = GPUModelRunner._sample
-        if _already(orig):
-            return
+        def make(orig):
+            def _sample(self, logits, spec_decode_metadata, *a, **kw):
+                verified = cls.verify(self, logits, spec_decode_metadata)
+                out = orig(self, logits, spec_decode_metadata, *a, **kw)
+                if verified:
+                    cls.commit(self, out, verified)
+                return out
+            return _sample
 
-        @functools.wraps(orig)
-        def _sample(self, logits, spec_decode_metadata, *a, **kw):
-            verified = cls.verify(self, logits, spec_decode_metadata)
-            out = orig(self, logits, spec_decode_metadata, *a, **kw)
-            if verified:
-                cls.commit(self, out, verified)
-            return out
+        wrap_method(GPUModelRunner, "_sample", make)
 
-        GPUModelRunner._sample = _mark(_sample)
+
+# ---------------------------------------------------------------------- 7
+class DraftNearMaxModelLen:
+    target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._input_fits_in_drafter"
+
+    @staticmethod
+    def fits(runner, common_attn_metadata, orig) -> bool:
+        # Only for specplug's drafter: it caps each request's drafts at max_model_len itself
+        # (proposer.py), has no drafter KV cache to overflow, and the scheduler caps again.
+        if common_attn_metadata is not None and hasattr(getattr(runner, "drafter", None), "bind_step"):
+            return True
+        return orig(runner, common_attn_metadata)
+
+    @classmethod
+    def apply(cls) -> None:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        def make(orig):
+            def _input_fits_in_drafter(self, common_attn_metadata):
+                return cls.fits(self, common_attn_metadata, orig)
+            return _input_fits_in_drafter
+
+        wrap_method(GPUModelRunner, "_input_fits_in_drafter", make)
 
 
 ALL_PATCHES = (CliSpeculativeConfigFile, SpecplugPayloadToAdditionalConfig, BindRequestIds,
-               TreePositions, TreeAttentionCPU, TreeAcceptance)
+               TreePositions, TreeAttentionCPU, TreeAcceptance, DraftNearMaxModelLen)
 
 
 def apply_all() -> None:

@@ -174,6 +174,7 @@ class SpecplugProposer:
         budgets = [Budget(max(size, 1), tree=self.config.tree and size > 0
                           and tree_mode(r.req_id, self._input_batch, self._requests) is not None)
                    for r, size in zip(batch, sizes)]
+        self.planner.propose_started()
         try:
             trees = self.proposer.propose(batch, budgets)
         except Exception:  # drafting is an optimisation: never take the engine down with it
