@@ -62,7 +62,6 @@ class BudgetPlanner:
             # an idle gap (no requests for a while) is not a step time: ignore outliers once fitted
             if not (cost.identified and seconds > 10 * cost.predict(num_scheduled_tokens, self._sent_any)):
                 self.controller.observe_step(num_scheduled_tokens, seconds, speculating=self._sent_any)
-        self._draft_start = now
         self._sent_any = False  # from here on: the drafts for the next step
 
     def committed(self, req_id, tokens: list[int]) -> None:
@@ -112,6 +111,7 @@ class BudgetPlanner:
         now = self._clock()
         if self._draft_start is not None and num_drafting_requests:
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests)
+        self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._last_end = now
 

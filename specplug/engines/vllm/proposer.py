@@ -110,7 +110,7 @@ class SpecplugProposer:
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None):
         if not self._timing_every:
             return self._propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
-        if self._timing == [0, 0.0, 0] and not self._gc_serving:
+        if not self._gc_serving:
             # the GC callback has run since __init__: drop what model loading and warmup collected
             self._gc[0], self._gc[2], self._gc_serving = 0.0, 0, True
         t0 = time.perf_counter()
