@@ -27,6 +27,9 @@ What is measured, and why this way:
   a fixed cost), so after ``explore_every`` speculating steps in a row one step is run without
   drafts, keeping the "off" cost measured (about 1/64 of the steps: ~1% of the gain; after 8
   steps while no step without drafts has been measured yet).
+
+``trace``: an open text file gets one tab-separated row per step (TRACE_COLUMNS): what the cost
+model saw, and the adapter's own time split into bookkeeping (before drafting) and drafting.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ import time
 
 from specplug.control import GoodputController, LinearCostModel
 
+TRACE_COLUMNS = ("rows", "scheduled_tokens", "step_ms", "verified_drafts", "new_requests",
+                 "bookkeeping_ms", "drafting_ms", "drafting_requests", "sent_tokens")
+
 
 class BudgetPlanner:
     def __init__(self, max_budget: int, enabled: bool = True, clock=time.perf_counter,
-                 shadow_every: int = 8, explore_every: int = 64):
+                 shadow_every: int = 8, explore_every: int = 64, trace=None):
         self.enabled = enabled
         self.shadow_every = shadow_every
         self.explore_every = explore_every
@@ -52,10 +58,19 @@ class BudgetPlanner:
         self._draft_start: float | None = None
         self._last: dict = {}  # req_id -> (draft tokens, sent to the engine?)
         self.stats = {"steps": 0, "budget_sum": 0, "rows": 0, "off_rows": 0}
+        self._trace = trace
+        self._trace_row: list = []  # this step's values so far (trace only)
+        self._trace_rows = 0
+        self._sent_tokens = 0
+        if trace is not None:
+            trace.write("\t".join(TRACE_COLUMNS) + "\n")
 
     # ------------------------------------------------------------------ per step
     def step_started(self, num_scheduled_tokens: int, has_new_requests: bool) -> None:
         now = self._clock()
+        if self._trace is not None:
+            gap = now - self._last_end if self._last_end is not None else float("nan")
+            self._trace_row = [num_scheduled_tokens, gap, self._sent_any, has_new_requests, now]
         if self._last_end is not None and not has_new_requests and num_scheduled_tokens > 0:
             seconds = now - self._last_end
             cost = self.controller.cost
@@ -77,6 +92,7 @@ class BudgetPlanner:
 
     def budgets(self, req_ids: list) -> dict:
         """Draft budget per request for the next step (0: draft nothing)."""
+        self._trace_rows = len(req_ids)
         if not self.enabled:
             return {r: self.max_budget for r in req_ids}
         # one step without drafts now and then (module doc); early while no such step was measured
@@ -105,10 +121,18 @@ class BudgetPlanner:
     def drafted(self, req_id, tokens: list[int], sent: bool) -> None:
         if tokens:
             self._last[req_id] = (list(tokens), sent)
+            self._sent_tokens += len(tokens) if sent else 0
         self._sent_any = self._sent_any or (sent and bool(tokens))
 
     def step_finished(self, num_drafting_requests: int) -> None:
         now = self._clock()
+        if self._trace is not None and self._trace_row:
+            tokens, gap, verified, new, start = self._trace_row
+            drafting_from = self._draft_start if self._draft_start is not None else now
+            self._trace.write(f"{self._trace_rows}\t{tokens}\t{gap * 1e3:.3f}\t{int(verified)}\t{int(new)}\t"
+                              f"{(drafting_from - start) * 1e3:.3f}\t{(now - drafting_from) * 1e3:.3f}\t"
+                              f"{num_drafting_requests}\t{self._sent_tokens}\n")
+        self._trace_row, self._trace_rows, self._sent_tokens = [], 0, 0
         if self._draft_start is not None and num_drafting_requests:
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests)
         self._draft_start = None  # set again by the next propose_started

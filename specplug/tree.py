@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 PAD_TOKEN = -1
+_INT32 = np.iinfo(np.int32)
 
 
 def _as_int32(x, name: str) -> np.ndarray:
+    if isinstance(x, np.ndarray) and x.dtype == np.int32:
+        return x.reshape(-1)
     arr = np.asarray(x, dtype=np.int64).reshape(-1)
-    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+    if arr.size and (arr.min() < _INT32.min or arr.max() > _INT32.max):
         raise ValueError(f"{name} does not fit in int32")
     return arr.astype(np.int32)
 
@@ -74,6 +77,16 @@ class DraftTree:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def _derived(cls, tokens, parents, draft_probs, deterministic, scores) -> "DraftTree":
+        """A tree cut from a validated one (a subtree, a path): valid by construction, so the
+        checks are skipped; transforms run for every request in every engine step."""
+        tree = object.__new__(cls)
+        tree.tokens = tokens.astype(np.int32, copy=False)
+        tree.parents = parents.astype(np.int32, copy=False)
+        tree.draft_probs, tree.deterministic, tree.scores, tree._depths = draft_probs, deterministic, scores, None
+        return tree
+
+    @classmethod
     def empty(cls) -> "DraftTree":
         return cls(np.zeros(0, np.int32), np.zeros(0, np.int32))
 
@@ -81,7 +94,7 @@ class DraftTree:
     def chain(cls, tokens, scores=None) -> "DraftTree":
         """A single path: node i is the child of node i-1."""
         n = len(tokens)
-        return cls(np.asarray(tokens), np.arange(n) - 1, scores=scores)
+        return cls(np.asarray(tokens), np.arange(-1, n - 1, dtype=np.int32), scores=scores)
 
     @classmethod
     def from_paths(cls, paths, path_scores=None) -> "DraftTree":
@@ -122,16 +135,26 @@ class DraftTree:
         Stochastic trees drawn without replacement have distinct siblings as well.
         """
         n = self.tokens.size
-        for i in range(n):
-            p = int(self.parents[i])
-            if p < -1 or p >= i:
-                raise ValueError(
-                    f"node {i}: parent {p} must be -1 (root) or an earlier node (< {i}); "
-                    "trees are stored in topological order, so this also rules out cycles"
-                )
+        if n == 0 or (self.parents[0] == -1 and (np.diff(self.parents) == 1).all()):
+            return self._validate_probs()  # a chain: parents in order, one child each
+        # Checked with numpy (drafting builds trees inside the engine step); the loops below only
+        # run to name the first bad node once a check has failed.
+        bad = np.flatnonzero((self.parents < -1) | (self.parents >= np.arange(n)))
+        if bad.size:
+            i, p = int(bad[0]), int(self.parents[bad[0]])
+            raise ValueError(
+                f"node {i}: parent {p} must be -1 (root) or an earlier node (< {i}); "
+                "trees are stored in topological order, so this also rules out cycles"
+            )
         if distinct_siblings is None:
             distinct_siblings = True
-        if distinct_siblings:
+        real = self.tokens != PAD_TOKEN
+        if distinct_siblings and n > 1 and real.sum() > 1:
+            keys = self.parents[real].astype(np.int64) * (1 << 32) + (self.tokens[real].astype(np.int64) & 0xFFFFFFFF)
+            distinct = np.unique(keys).size == keys.size
+        else:
+            distinct = True
+        if not distinct:
             seen: dict[tuple[int, int], int] = {}
             for i in range(n):
                 tok = int(self.tokens[i])
@@ -144,6 +167,10 @@ class DraftTree:
                         f"(parent {key[0]}); siblings must be distinct"
                     )
                 seen[key] = i
+        self._validate_probs()
+
+    def _validate_probs(self) -> None:
+        n = self.tokens.size
         if self.draft_probs is not None and not self.deterministic:
             for i in range(n):
                 j = int(np.flatnonzero(self.parents == self.parents[i])[0])
@@ -164,9 +191,14 @@ class DraftTree:
     def depths(self) -> np.ndarray:
         """int32[n]: root children have depth 1."""
         if self._depths is None:
-            d = np.zeros(self.num_nodes, np.int32)
-            for i, p in enumerate(self.parents):
-                d[i] = 1 if p < 0 else d[p] + 1
+            # parents come first, so one pass per tree level settles every node
+            d = np.ones(self.num_nodes, np.int32)
+            child = np.flatnonzero(self.parents >= 0)
+            while child.size:
+                new = d[self.parents[child]] + 1
+                moved = new != d[child]
+                d[child] = new
+                child = child[moved]
             self._depths = d
         return self._depths
 
@@ -228,11 +260,12 @@ class DraftTree:
         remap = -np.ones(self.num_nodes, np.int64)
         remap[keep] = np.arange(keep.size)
         parents = self.parents[keep].astype(np.int64)
-        for k, p in zip(keep, parents):
-            if p >= 0 and remap[p] < 0:
-                raise ValueError(f"node {k}: kept without its parent {p}")
         new_parents = np.where(parents >= 0, remap[np.maximum(parents, 0)], -1)
-        return DraftTree(
+        orphan = np.flatnonzero((parents >= 0) & (new_parents < 0))
+        if orphan.size:
+            k = orphan[0]
+            raise ValueError(f"node {keep[k]}: kept without its parent {parents[k]}")
+        return DraftTree._derived(
             self.tokens[keep],
             new_parents,
             draft_probs=None if self.draft_probs is None else self.draft_probs[keep],
@@ -274,11 +307,13 @@ class DraftTree:
         if self.scores is None:
             d = self.depths()
             return self.path_to(int(np.argmax(d)))
-        acc = np.zeros(self.num_nodes, np.float64)
-        for i, p in enumerate(self.parents):
-            acc[i] = float(self.scores[i]) + (acc[p] if p >= 0 else 0.0)
         d = self.depths()
-        best = max(range(self.num_nodes), key=lambda i: (acc[i], d[i], -i))
+        acc = self.scores.astype(np.float64)
+        for level in range(2, int(d.max()) + 1):  # parents' sums are final one level up
+            at = np.flatnonzero(d == level)
+            acc[at] += acc[self.parents[at]]
+        # max sum, then deeper, then lower index (lexsort: last key is primary)
+        best = int(np.lexsort((np.arange(self.num_nodes), -d, -acc))[0])
         return self.path_to(best)
 
     def chain_of_best(self) -> "DraftTree":

@@ -6,6 +6,7 @@ stays on when it pays, and comes back when a switched-off request's acceptance r
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from specplug.budgeting import BudgetPlanner
 
@@ -20,13 +21,13 @@ class FakeClock:
 
 def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, seed: int = 0,
              enabled: bool = True, alpha_after: dict | None = None, switch_at: int | None = None,
-             spec_overhead: float = 0.0, draft_seconds: float = 1e-4):
+             spec_overhead: float = 0.0, draft_seconds: float = 1e-4, trace=None):
     """Run the planner against a simulated engine; returns (planner, tokens per second, budgets log).
     Step time: a + b * tokens, plus spec_overhead when any drafts are verified; drafting costs
     draft_seconds per request that drafts (sent or shadow)."""
     rng = np.random.default_rng(seed)
     clock = FakeClock()
-    p = BudgetPlanner(k, enabled=enabled, clock=clock)
+    p = BudgetPlanner(k, enabled=enabled, clock=clock, trace=trace)
     committed = {r: [] for r in alphas}
     sent = {r: 0 for r in alphas}
     total_tokens, log = 0, []
@@ -137,3 +138,27 @@ def test_drafting_cost_excludes_work_done_for_every_request():
         clock.t += 0.0001  # drafting one request
         p.step_finished(1)
     assert abs(p.controller.propose_seconds - 0.0001) < 0.00002
+
+
+def test_step_trace_records_what_the_engine_and_the_adapter_spent():
+    """--step-trace's numbers come from these rows: check them against the simulated clock."""
+    import io
+
+    from specplug.bench import steptrace
+
+    buf = io.StringIO()
+    a, b, over, draft = 0.004, 1e-4, 0.002, 5e-4
+    simulate(a=a, b=b, alphas={f"r{i}": 0.8 for i in range(4)}, steps=200, spec_overhead=over,
+             draft_seconds=draft, trace=buf)
+    buf.seek(0)
+    rows = [{k: float(v) for k, v in r.items()} for r in __import__("csv").DictReader(buf, delimiter="\t")]
+    assert len(rows) == 200
+    for r in rows[1:]:
+        expect = a + b * r["scheduled_tokens"] + (over if r["verified_drafts"] else 0.0)
+        assert r["step_ms"] == pytest.approx(expect * 1e3, abs=1e-3)
+    s = steptrace.summarize(rows)
+    assert s["batch"] == 4 and 0 < s["share_verifying"] < 1
+    assert s["drafting_ms_per_request"] == pytest.approx(draft * 1e3, abs=1e-3)
+    assert s["bookkeeping_ms"] == pytest.approx(0.0, abs=1e-3)
+    assert s["verify_tokens"] > s["plain_tokens"]
+    assert "| 4 | " in steptrace.markdown({"x": s})

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from specplug.config import SpecplugConfig, SpecplugConfigError
 from specplug.proposers.base import Budget, ReqState
 from specplug.proposers.rasd import (CorpusIndex, RasdOptions, RasdProposer, context_candidates, prune_retrieval,
-                                     retrieval_tree)
+                                     retrieval_chain, retrieval_tree)
 from tests.tree_strategies import random_tree
 
 
@@ -35,6 +35,16 @@ def test_context_retrieval_matches_brute_force(ctx, min_n, extra):
             if ctx[i : i + n] == ctx[-n:] and i + n < len(ctx):
                 want.append(ctx[i + n : i + n + 5])
     assert got == want
+
+
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), max_size=12), st.integers(1, 20))
+@settings(max_examples=200, deadline=None)
+def test_chain_fast_path_equals_pruned_tree_best_path(cands, cap):
+    want = retrieval_tree(cands).prune(cap).chain_of_best()
+    got = retrieval_chain(cands, cap)
+    assert got.tokens.tolist() == want.tokens.tolist()
+    if want.num_nodes:
+        assert got.scores.tolist() == want.scores.tolist()
 
 
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), max_size=12))

@@ -58,6 +58,30 @@ def test_fill_matches_brute_force(seed, vocab):
     tree.validate(distinct_siblings=True)
 
 
+@given(st.integers(0, 2**31), st.integers(2, 6), st.integers(1, 40))
+@settings(max_examples=60, deadline=None)
+def test_budgeted_fill_keeps_what_pruning_the_full_tree_keeps(seed, vocab, cap):
+    """Drafting looks up only the nodes it keeps; the result must be the full fill pruned to cap."""
+    rng = np.random.default_rng(seed)
+    prop = RecyclingProposer(RecyclingOptions(k=4, vocab_size=vocab), 200)
+    a = rng.integers(-1, vocab, size=(vocab, 4)).astype(np.int32)
+    root = int(rng.integers(0, vocab))
+    full = prop._fill(a, root, len(prop.paths)).prune(cap)
+    got = prop._fill(a, root, cap)
+    assert got.tokens.tolist() == full.tokens.tolist() and got.parents.tolist() == full.parents.tolist()
+
+
+def test_chain_follows_the_rank0_successor_up_to_the_budget():
+    prop = RecyclingProposer(RecyclingOptions(k=2, vocab_size=10), 16)
+    a = prop.table()
+    a[:, 0] = [1, 2, 3, 1, -1, -1, -1, -1, -1, -1]  # 0 -> 1 -> 2 -> 3 -> 1 -> ...
+    (t,) = prop.propose([ReqState("r", np.array([0]), 1)], [Budget(7, tree=False)])
+    assert t.chain_tokens() == [1, 2, 3, 1, 2, 3, 1]
+    a[3, 0] = -1
+    (t,) = prop.propose([ReqState("r", np.array([0]), 1)], [Budget(7, tree=False)])
+    assert t.chain_tokens() == [1, 2, 3]
+
+
 def test_recycles_topk_of_every_verified_node_including_rejected():
     prop = RecyclingProposer(RecyclingOptions(k=2, vocab_size=10), 8)
     tree = DraftTree([3, 4], [-1, -1])  # two siblings below root 7

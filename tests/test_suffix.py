@@ -85,6 +85,57 @@ def test_trie_counts_and_tree_drafts_match_brute_force(seqs, depth, data):
         assert sorted(dk.probs, reverse=True) == pytest.approx(sorted(expect.values(), reverse=True)[:k]) if expect else dk.tokens == []
 
 
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=80), st.integers(1, 8), st.integers(1, 12),
+       st.sampled_from([True, False]), st.sampled_from([0.0, 0.1, 0.3]))
+@settings(max_examples=200, deadline=None)
+def test_local_drafts_equal_drafts_from_the_full_context_trie(seq, depth, cap, tree, min_p):
+    """The local context is matched on demand (suffix_local.py); every draft must be the one the
+    paper's per-request suffix trie over the same tokens gives (counts, child order, budgets)."""
+    prop = SuffixProposer(SuffixOptions(max_depth=depth, min_token_prob=min_p, max_cached_requests=0), 64)
+    half = len(seq) // 2
+    prop.start("r", seq[:half])
+    prop.observe("r", seq[half:])  # appended token by token, as the engine reports commits
+    (got,) = prop.propose([_state("r", seq, half)], [Budget(cap, tree=tree)])
+
+    trie = SuffixTrie(depth)
+    trie.add_sequence(0, seq)
+    matches = list(trie.active_nodes(0))  # node of seq[-p:] for p = 1..: the old local matches
+    want = prop._best_draft(lambda p, budget: (trie, matches[p - 1]), len(matches), cap, tree)
+    assert got.tokens.tolist() == want.tokens
+    assert got.parents.tolist() == want.parents
+    if want.tokens:
+        assert got.scores.tolist() == pytest.approx(want.probs)
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 8), st.data())
+@settings(max_examples=100, deadline=None)
+def test_bulk_add_then_append_equals_appending_token_by_token(seq, depth, data):
+    h = data.draw(st.integers(0, len(seq)))
+    bulk, step = SuffixTrie(depth), SuffixTrie(depth)
+    bulk.add_sequence("s", seq[:h])
+    bulk.extend("s", seq[h:])
+    step.add_sequence("s")
+    step.extend("s", seq)
+    def paths(t):
+        out = {}
+        def walk(node, prefix):
+            for tok, c in (t.children[node] or {}).items():
+                out[prefix + (tok,)] = t.count[c]
+                walk(c, prefix + (tok,))
+        walk(0, ())
+        return out
+    assert paths(bulk) == paths(step)
+    assert [paths_key(bulk, n) for n in bulk.active_nodes("s")] == [paths_key(step, n) for n in step.active_nodes("s")]
+
+
+def paths_key(t, node):
+    key = []
+    while node > 0:
+        key.append(t.token[node])
+        node = t.parent[node]
+    return tuple(key[::-1])
+
+
 @given(st.lists(st.integers(0, 4), min_size=5, max_size=60), st.integers(2, 8))
 @settings(max_examples=100, deadline=None)
 def test_removal_restores_counts(seq, depth):

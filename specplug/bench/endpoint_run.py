@@ -1,7 +1,7 @@
 """Run the benchmark phases against a running OpenAI-compatible vLLM server (`vllm serve`).
 
 Same phases and result format as ``engine_run`` (so the report treats both alike): requests are
-sent in waves of ``concurrency`` through the completions API with token-id prompts, streamed so
+sent with ``concurrency`` requests in flight (a new one starts when one finishes) through the completions API with token-id prompts, streamed so
 TTFT and TPOT are measured at the client, and vLLM's spec-decode counters are read from
 ``/metrics`` before and after each phase.
 """
@@ -64,10 +64,8 @@ def run(base_url: str, req: dict) -> dict:
         before = _metrics(base_url)
         results = []
         t = time.perf_counter()
-        with ThreadPoolExecutor(conc) as pool:
-            for i in range(0, len(prompts), conc):  # waves of `conc` requests, as engine_run does
-                wave = prompts[i : i + conc]
-                results += list(pool.map(lambda p: _one_request(client, model, p, req["max_tokens"]), wave))
+        with ThreadPoolExecutor(conc) as pool:  # `conc` requests in flight, as engine_run does
+            results = list(pool.map(lambda p: _one_request(client, model, p, req["max_tokens"]), prompts))
         elapsed = time.perf_counter() - t
         after = _metrics(base_url)
         phases[phase["name"]] = {

@@ -86,21 +86,17 @@ def run(req: dict) -> dict:
         ttfts: list[float] = []  # seconds from arrival to the first token (vLLM's own stats)
         tpots: list[float | None] = []  # seconds per output token after the first
         t = time.perf_counter()
-        for i in range(0, len(prompts), conc):  # waves of `conc` requests
-            wave = [{"prompt_token_ids": p} for p in prompts[i : i + conc]]
-            wave_params = params if not sampling else [
-                SamplingParams(temperature=sampling["temperature"], seed=sampling["seed"] + start + i + j,
-                               max_tokens=req["max_tokens"]) for j in range(len(wave))]
-            for o in llm.generate(wave, wave_params, use_tqdm=False):
-                outputs.append(list(o.outputs[0].token_ids))
-                m = getattr(o, "metrics", None)
-                if m is not None and getattr(m, "first_token_ts", 0):
-                    ttfts.append(float(m.first_token_latency))
-                    n_gen = int(m.num_generation_tokens)
-                    tpots.append((m.last_token_ts - m.first_token_ts) / (n_gen - 1) if n_gen > 1 else None)
-                if topk:
-                    topks.append([[tid for tid, _ in sorted(pos.items(), key=lambda kv: kv[1].rank)][:topk]
-                                  for pos in o.outputs[0].logprobs])
+        for o in _closed_loop(llm, prompts, conc, lambda j: params if not sampling else SamplingParams(
+                temperature=sampling["temperature"], seed=sampling["seed"] + start + j, max_tokens=req["max_tokens"])):
+            outputs.append(list(o.outputs[0].token_ids))
+            m = getattr(o, "metrics", None)
+            if m is not None and getattr(m, "first_token_ts", 0):
+                ttfts.append(float(m.first_token_latency))
+                n_gen = int(m.num_generation_tokens)
+                tpots.append((m.last_token_ts - m.first_token_ts) / (n_gen - 1) if n_gen > 1 else None)
+            if topk:
+                topks.append([[tid for tid, _ in sorted(pos.items(), key=lambda kv: kv[1].rank)][:topk]
+                              for pos in o.outputs[0].logprobs])
         elapsed = time.perf_counter() - t
         after = _spec_counters(llm)
         phases[phase["name"]] = {
@@ -115,6 +111,31 @@ def run(req: dict) -> dict:
             **{k: after[k] - before[k] for k in after},
         }
     return {"ok": True, "engine_start_s": start_s, "phases": phases}
+
+
+def _closed_loop(llm, prompts, concurrency: int, params_for):
+    """Generate every prompt with ``concurrency`` requests in flight: a new request joins as soon
+    as one finishes (what serving benchmarks call max concurrency). Waves that wait for their
+    slowest request would leave the batch part-empty at the end of every wave, which penalises
+    speculation, whose requests finish at different speeds. Returns outputs in prompt order."""
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = getattr(llm, "llm_engine", None)
+    if engine is None or not all(hasattr(engine, n) for n in ("add_request", "step")):
+        raise RuntimeError("specplug bench drives vllm.LLM.llm_engine.add_request/step (vLLM 0.32); "
+                           "this vLLM does not have them")
+    done: dict[int, object] = {}
+    nxt = 0
+    while len(done) < len(prompts):
+        while nxt < len(prompts) and nxt - len(done) < concurrency:
+            params = params_for(nxt).clone()
+            params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks
+            engine.add_request(f"bench-{nxt}", {"prompt_token_ids": prompts[nxt]}, params)
+            nxt += 1
+        for out in engine.step():
+            if out.finished:
+                done[int(out.request_id.split("-")[1])] = out
+    return [done[j] for j in range(len(prompts))]
 
 
 def main() -> int:

@@ -88,8 +88,13 @@ def best_path_only(variants: list[Variant]) -> list[Variant]:
     return out
 
 
-def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
-    """One engine process; returns its JSON result (or an error record)."""
+def slug(label: str) -> str:
+    return label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+
+
+def run_variant(variant: Variant, base_request: dict, log_dir: Path, step_trace: bool = False) -> dict:
+    """One engine process; returns its JSON result (or an error record). ``step_trace``: the
+    specplug adapter writes a per-step trace under ``log_dir/steps/<config>/``."""
     if variant.skip_reason:
         return {"ok": False, "skipped": True, "error": variant.skip_reason}
     if variant.endpoint:
@@ -100,13 +105,15 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
         except Exception as e:  # reported in the table; the other endpoints still run
             return {"ok": False, "error": f"{variant.endpoint}: {type(e).__name__}: {e}"}
     log_dir.mkdir(parents=True, exist_ok=True)
-    slug = variant.label.replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+    name = slug(variant.label)
     req = dict(base_request, speculative_config=variant.speculative_config, engine_args=variant.engine_args)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "req.json", Path(tmp) / "out.json"
         src.write_text(json.dumps(req))
         env = dict(os.environ, **cpu_engine_env())
-        with open(log_dir / f"{slug}.log", "w") as log:
+        if step_trace:
+            env["SPECPLUG_STEP_TRACE"] = str(log_dir / "steps" / name)
+        with open(log_dir / f"{name}.log", "w") as log:
             proc = subprocess.run([sys.executable, "-m", "specplug.bench.engine_run", str(src), str(dst)],
                                   stdout=log, stderr=subprocess.STDOUT, env=env)
         if dst.exists():
@@ -114,11 +121,12 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path) -> dict:
         else:
             res = {"ok": False, "error": f"engine process exited with {proc.returncode} and wrote no result"}
     if not res.get("ok"):
-        res["error"] = f"{res.get('error')} (log: {log_dir / (slug + '.log')})"
+        res["error"] = f"{res.get('error')} (log: {log_dir / (name + '.log')})"
     return res
 
 
-def run_suite(variants: list[Variant], base_request: dict, log_dir: Path, repeats: int = 1) -> list[SuiteResult]:
+def run_suite(variants: list[Variant], base_request: dict, log_dir: Path, repeats: int = 1,
+              step_trace: bool = False) -> list[SuiteResult]:
     """Every variant ``repeats`` times, round-robin, the order reversed on every other round:
     a slow drift of the machine's speed then hits every configuration alike instead of the ones
     that happen to run last. Repeats after the first are kept in ``result["repeats"]``."""
@@ -129,7 +137,7 @@ def run_suite(variants: list[Variant], base_request: dict, log_dir: Path, repeat
     bar = tqdm(plan, desc="configurations", unit="cfg")
     for i, v in enumerate(bar):
         bar.set_postfix_str(v.label + (f" (round {i // len(variants) + 1}/{repeats})" if repeats > 1 else ""))
-        res = run_variant(v, base_request, log_dir)
+        res = run_variant(v, base_request, log_dir, step_trace)
         sr = results[id(v)]
         if not sr.result:
             sr.result = res

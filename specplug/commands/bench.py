@@ -23,7 +23,7 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--max-tokens", type=int, default=max_tokens)
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
     p.add_argument("--concurrency", default=concurrency,
-                   help="comma-separated request concurrencies (requests run in waves of that many); "
+                   help="comma-separated request concurrencies (that many requests in flight; a new one starts when one finishes); "
                         "c=1 uses only the first --single-prompts prompts")
     p.add_argument("--single-prompts", type=int, default=4, help="prompts used for concurrency 1 (sequential requests)")
     p.add_argument("--config", action="append", default=None,
@@ -44,6 +44,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                    help="benchmark running OpenAI-compatible servers instead of starting engines, e.g. "
                         "--endpoint 'no speculation=http://127.0.0.1:8000' --endpoint suffix=http://127.0.0.1:8001; "
                         "the one named 'no speculation' is the baseline of the speedup column")
+    p.add_argument("--step-trace", action="store_true",
+                   help="specplug engines write a per-step trace (logs/steps/); results.md gets a table of "
+                        "full-batch step times, bookkeeping and drafting cost per configuration")
     p.add_argument("--out", default=None, help="folder for results.json, results.md and engine logs")
 
 
@@ -113,9 +116,18 @@ def run(args) -> int:
           + (f"{len(variants)} running endpoints" if args.endpoint else
              f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"), flush=True)
     t0 = time.time()
-    results = suite.run_suite(variants, base, out_dir / "logs", repeats=args.repeats)
+    results = suite.run_suite(variants, base, out_dir / "logs", repeats=args.repeats,
+                              step_trace=getattr(args, "step_trace", False))
     table = report.rows(results)
     md = report.markdown(table)
+    if getattr(args, "step_trace", False):
+        from specplug.bench import steptrace
+        from specplug.config import VLLM_PAYLOAD_KEY
+
+        traced = {v.label: steptrace.summarize(steptrace.read(out_dir / "logs" / "steps" / suite.slug(v.label)))
+                  for v in variants if VLLM_PAYLOAD_KEY in (v.speculative_config or {})}
+        md += ("\n\nPer-step trace, full-batch steps (`--step-trace`; all phases and repeats pooled):\n\n"
+               + steptrace.markdown(traced))
     print(md)
     import vllm
     import torch

@@ -69,12 +69,14 @@ def run(args) -> int:
             results.append(replay(d, traces, args.k, bar))
     cats = sorted({t.category for t in traces})
     print(f"\n{len(traces)} traces, {sum(len(t.output_ids) for t in traces)} output tokens, k={args.k}")
-    head = f"| drafter | τ all | draft nodes/step | drafter µs/step | " + " | ".join(f"τ {c}" for c in cats) + " |"
+    head = (f"| drafter | τ all | draft nodes/step | drafter µs/step | bookkeeping µs/token | "
+            + " | ".join(f"τ {c}" for c in cats) + " |")
     print(head)
-    print("|" + "---|" * (4 + len(cats)))
+    print("|" + "---|" * (5 + len(cats)))
     for r in results:
         o = r.overall
-        row = [r.label, f"{o.tau:.2f}", f"{o.draft_nodes / o.steps:.1f}", f"{o.draft_seconds / o.steps * 1e6:.0f}"]
+        row = [r.label, f"{o.tau:.2f}", f"{o.draft_nodes / o.steps:.1f}", f"{o.draft_seconds / o.steps * 1e6:.0f}",
+               f"{o.bookkeeping_seconds / o.tokens * 1e6:.1f}"]
         row += [f"{r.by_category[c].tau:.2f}" for c in cats]
         print("| " + " | ".join(row) + " |")
     for m in missing:
@@ -84,6 +86,7 @@ def run(args) -> int:
             json.dump({r.label: {"tau": r.overall.tau, "steps": r.overall.steps, "tokens": r.overall.tokens,
                                  "draft_nodes_per_step": r.overall.draft_nodes / r.overall.steps,
                                  "drafter_us_per_step": r.overall.draft_seconds / r.overall.steps * 1e6,
+                                 "bookkeeping_us_per_token": r.overall.bookkeeping_seconds / r.overall.tokens * 1e6,
                                  "tau_by_category": {c: r.by_category[c].tau for c in cats}} for r in results},
                       f, indent=2)
     return 0

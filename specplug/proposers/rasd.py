@@ -16,12 +16,12 @@ tokens (sample-and-match), so pruning choices never affect exactness.
 
 from __future__ import annotations
 
+import heapq
 import json
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, field_validator, model_validator
 
 from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
@@ -57,19 +57,24 @@ class RasdOptions(ProposerOptions):
 def context_candidates(ctx: np.ndarray, min_n: int, max_n: int, max_cands: int, max_len: int) -> list[list[int]]:
     """Continuations of the last n tokens found earlier in ``ctx`` (longest n first, then most
     recent occurrence first)."""
-    out: list[list[int]] = []
-    for n in range(min(max_n, len(ctx) - 1), min_n - 1, -1):
-        if n < 1:
+    if len(ctx) < 2:
+        return []
+    # end positions j of earlier occurrences (an occurrence must be followed by a token, so
+    # j <= len - 2), found for n = 1 and narrowed for each longer n
+    ends = np.flatnonzero(ctx[:-1] == ctx[-1])
+    by_n = []
+    for n in range(1, min(max_n, len(ctx) - 1) + 1):
+        if n > 1:
+            ends = ends[ends >= n - 1]
+            ends = ends[ctx[ends - (n - 1)] == ctx[-n]]
+        if ends.size == 0:
             break
-        pattern = ctx[-n:]
-        hay = ctx[:-1]  # an occurrence must be followed by at least one token
-        if len(hay) < n:
-            continue
-        hits = np.flatnonzero((sliding_window_view(hay, n) == pattern).all(axis=1))
-        for i in hits[::-1]:
-            cont = ctx[i + n : i + n + max_len].tolist()
-            if cont:
-                out.append(cont)
+        by_n.append(ends)
+    out: list[list[int]] = []
+    tokens = ctx.tolist() if by_n else []
+    for n in range(len(by_n), min_n - 1, -1):
+        for j in by_n[n - 1][::-1].tolist():
+            out.append(tokens[j + 1 : j + 1 + max_len])
             if len(out) >= max_cands:
                 return out
     return out
@@ -150,9 +155,62 @@ def retrieval_tree(cands: list[list[int]]) -> DraftTree:
                      scores=np.asarray(counts, np.float32) / total)
 
 
+def retrieval_chain(cands: list[list[int]], cap: int) -> DraftTree:
+    """``retrieval_tree(cands).prune(cap).chain_of_best()`` on plain lists: where the engine
+    verifies chains, this runs for every drafting request in every step, and the three
+    intermediate trees cost more than the retrieval itself."""
+    tokens, parents, counts = [], [], []
+    children: dict[tuple[int, int], int] = {}
+    for c in cands:
+        node = -1
+        for t in c:
+            key = (node, int(t))
+            nxt = children.get(key)
+            if nxt is None:
+                nxt = children[key] = len(tokens)
+                tokens.append(int(t))
+                parents.append(node)
+                counts.append(0)
+            counts[nxt] += 1
+            node = nxt
+    if not tokens:
+        return DraftTree.empty()
+    scores = (np.asarray(counts, np.float32) / max(len(cands), 1)).tolist()  # float32, as retrieval_tree
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        kids.setdefault(p, []).append(i)
+    # prune: best-first by (score, index), parents first
+    if len(tokens) <= cap:
+        kept = list(range(len(tokens)))
+    else:
+        heap = [(-scores[c], c) for c in kids[-1]]
+        heapq.heapify(heap)
+        kept = []
+        while heap and len(kept) < cap:
+            _, i = heapq.heappop(heap)
+            kept.append(i)
+            for c in kids.get(i, ()):
+                heapq.heappush(heap, (-scores[c], c))
+        kept.sort()
+    # best path: the largest sum of scores, then the deeper node, then the lower index
+    acc, depth, best = {}, {}, None
+    for i in kept:
+        p = parents[i]
+        acc[i] = scores[i] + (acc[p] if p >= 0 else 0.0)
+        depth[i] = depth[p] + 1 if p >= 0 else 1
+        if best is None or (acc[i], depth[i]) > (acc[best], depth[best]):
+            best = i
+    path = []
+    while best >= 0:
+        path.append(best)
+        best = parents[best]
+    path.reverse()
+    return DraftTree.chain([tokens[i] for i in path], scores=np.asarray([scores[i] for i in path], np.float32))
+
+
 def prune_retrieval(ret: DraftTree, drafter: DraftTree | None, top_k: int, threshold: float) -> DraftTree:
     """Drafter-guided pruning of whole root branches, or frequency pruning without a drafter."""
-    if ret.num_nodes == 0:
+    if ret.num_nodes == 0 or (drafter is None and threshold <= 0):
         return ret
     if drafter is not None and drafter.num_nodes:
         kids = drafter.children(-1)
@@ -203,9 +261,15 @@ class RasdProposer(Proposer):
         for r, b, d in zip(batch, budget, drafts):
             cap = min(b.max_nodes, self.num_speculative_tokens)
             ctx = np.asarray(r.token_ids, np.int64)
-            cands = context_candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, o.max_continuation)
+            # a tree pruned to cap nodes is at most cap deep, so longer continuations cannot matter
+            # (a fused drafter tree is merged by prefix: keep them whole there)
+            max_len = o.max_continuation if d is not None else min(o.max_continuation, cap)
+            cands = context_candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, max_len)
             if self.corpus is not None:
-                cands += self.corpus.candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, o.max_continuation)
+                cands += self.corpus.candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, max_len)
+            if d is None and not b.tree and o.prune_threshold <= 0:
+                out.append(retrieval_chain(cands, cap))
+                continue
             ret = prune_retrieval(retrieval_tree(cands), d, o.prune_top_k, o.prune_threshold)
             fused = d.merge(ret) if d is not None and d.num_nodes else ret
             tree = fused.prune(cap)

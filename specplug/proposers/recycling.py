@@ -5,10 +5,12 @@ from the target's own top-k the last time it ran at a node whose token was t. Ev
 updates its row, including nodes on rejected branches (the "trash" the method recycles). The
 table is shared across requests (hot start); per-tenant tables are optional.
 
-Drafting fills a static tree template breadth-first from the root token:
+Drafting fills a static tree template from the root token:
 tok(node) = A[tok(parent(node)), rank(node)], where rank is the node's last child index in the
 template. Unknown rows (-1: never seen) and duplicate sibling tokens drop the node and its
-subtree (siblings must be distinct for sample-and-match).
+subtree (siblings must be distinct for sample-and-match). Where the engine verifies chains only,
+the draft is the template's most likely path, the rank-0 spine, followed up to the budget
+without building the rest of the tree (drafting runs inside the engine step for every request).
 
 Without the target's top-k (an engine hook that only exposes committed tokens, such as vLLM's
 chain `custom_class` path), the table can only learn from the committed stream: option
@@ -19,6 +21,7 @@ such in docs/replay.md and used only where top-k is unavailable.
 
 from __future__ import annotations
 
+import heapq
 from typing import Literal
 
 import numpy as np
@@ -82,6 +85,9 @@ class RecyclingProposer(Proposer):
         self.parent_of = np.array([index[p[:-1]] if len(p) > 1 else -1 for p in paths], np.int64)
         self.rank_of = np.array([p[-1] for p in paths], np.int64)
         self.prior = np.array([np.prod([1.0 / (r + 1) for r in p]) for p in paths], np.float32)
+        self._children: dict[int, list[int]] = {}  # template node (-1: root) -> its children
+        for i, parent in enumerate(self.parent_of.tolist()):
+            self._children.setdefault(parent, []).append(i)
         self._tables: dict[object, np.ndarray] = {}
         self._tenant: dict[str, object] = {}
 
@@ -119,7 +125,9 @@ class RecyclingProposer(Proposer):
             stream = [int(info.root_token)] + [int(t) for t in accepted_ids]
             a = self._table(tenant, max(stream) + 1)
             for prev, nxt in zip(stream, stream[1:]):
-                row = [t for t in a[prev] if t != nxt and t != -1]
+                if a[prev, 0] == nxt:
+                    continue  # already the top successor (loops and repeats: the common case)
+                row = [t for t in a[prev].tolist() if t != nxt and t != -1]
                 a[prev] = ([nxt] + row + [-1] * self.options.k)[: self.options.k]
 
     def _recycle(self, tenant, info: VerifyInfo) -> None:
@@ -146,30 +154,49 @@ class RecyclingProposer(Proposer):
             if cap <= 0 or root < 0 or root >= a.shape[0]:
                 out.append(DraftTree.empty())
                 continue
-            tree = self._fill(a, root)
-            if not b.tree:
-                tree = tree.chain_of_best() if tree.num_nodes else tree
-            out.append(tree.prune(cap))
+            out.append(self._fill(a, root, cap) if b.tree else self._chain(a, root, cap))
         return out
 
-    def _fill(self, a: np.ndarray, root: int) -> DraftTree:
-        """BFS fill of the template; drop unknown rows and duplicate siblings with their subtrees."""
+    def _chain(self, a: np.ndarray, root: int, cap: int) -> DraftTree:
+        """The rank-0 spine: each token's most likely successor in turn, up to ``cap`` tokens."""
+        tokens, t = [], root
+        while len(tokens) < cap and t < a.shape[0]:
+            t = int(a[t, 0])
+            if t < 0:
+                break
+            tokens.append(t)
+        return DraftTree.chain(tokens, scores=np.ones(len(tokens), np.float32))
+
+    def _fill(self, a: np.ndarray, root: int, cap: int) -> DraftTree:
+        """The template filled from ``a``, pruned to ``cap`` nodes best-first by prior.
+
+        Only the kept nodes are looked up: template nodes are visited in (prior, template order),
+        the order in which DraftTree.prune would keep them, and a node whose row is unknown or
+        whose token repeats an earlier kept sibling is dropped with its subtree. Siblings have
+        distinct priors (decreasing in rank), so the earlier sibling is always decided first.
+        """
         n = len(self.paths)
         tok = np.full(n, -1, np.int64)
         kept = np.zeros(n, bool)
-        seen: dict[tuple[int, int], bool] = {}
-        for i in range(n):  # template order: parents before children
-            p = self.parent_of[i]
-            if p >= 0 and not kept[p]:
-                continue
+        sibling_tokens: dict[int, set] = {}
+        heap = [(-float(self.prior[i]), int(i)) for i in self._children[-1]]
+        heapq.heapify(heap)
+        num_kept = 0
+        while heap and num_kept < cap:
+            _, i = heapq.heappop(heap)
+            p = int(self.parent_of[i])
             parent_tok = root if p < 0 else int(tok[p])
             if parent_tok >= a.shape[0]:
                 continue
             t = int(a[parent_tok, self.rank_of[i]])
-            if t < 0 or (p, t) in seen:
+            siblings = sibling_tokens.setdefault(p, set())
+            if t < 0 or t in siblings:
                 continue
-            seen[(p, t)] = True
+            siblings.add(t)
             tok[i], kept[i] = t, True
+            num_kept += 1
+            for c in self._children.get(i, ()):
+                heapq.heappush(heap, (-float(self.prior[c]), int(c)))
         idx = np.flatnonzero(kept)
         remap = -np.ones(n, np.int64)
         remap[idx] = np.arange(idx.size)

@@ -1,8 +1,10 @@
 """SuffixDecoding (Oliaro et al., arXiv 2411.04975): model-free drafting from suffix trees.
 
-Two kinds of trie (specplug/proposers/suffix_tree.py):
-- a *local* trie per active request over its prompt + output so far;
-- a *global* trie over the outputs of past requests (FIFO-bounded by count and bytes), one per
+Two sources of drafts:
+- the request's own prompt + output so far (*local*): the paper's per-request suffix tree, read
+  on demand from the positions where the context's suffixes occurred (specplug/proposers/
+  suffix_local.py) instead of being built token by token;
+- a *global* trie (specplug/proposers/suffix_tree.py) over the outputs of past requests (FIFO-bounded by count and bytes), one per
   tenant when tenant isolation is on, so tenants never draft from each other's responses.
 
 Each step, for every match length p (the last p context tokens found in a trie), a draft of at
@@ -28,6 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
+from specplug.proposers.suffix_local import LocalContext
 from specplug.proposers.suffix_tree import SuffixTrie
 from specplug.tree import DraftTree
 
@@ -55,11 +58,14 @@ class _Draft:
 @dataclass
 class _Request:
     tenant: object
-    tokens: list[int]  # prompt + output as seen so far
+    local: LocalContext  # prompt + output as seen so far
     num_prompt: int
-    local: SuffixTrie
     global_epoch: int = -1  # epoch of the global trie the cached match belongs to
     global_match: list[int] = field(default_factory=list)  # node of context[-p:] for p = 1..
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.local.tokens
 
 
 class SuffixProposer(Proposer):
@@ -81,10 +87,8 @@ class SuffixProposer(Proposer):
     def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
         if req_id in self._reqs:  # a reused request id: the old request is over
             self.stop(req_id)
-        local = SuffixTrie(self.options.max_depth)
-        tokens = [int(t) for t in prompt_ids]
-        local.add_sequence(0, tokens)
-        self._reqs[req_id] = _Request(self._tenant_key(tenant), tokens, len(tokens), local)
+        local = LocalContext(self.options.max_depth, [int(t) for t in prompt_ids])
+        self._reqs[req_id] = _Request(self._tenant_key(tenant), local, len(local))
 
     def observe(self, req_id: str, accepted_ids, info: VerifyInfo | None = None) -> None:
         req = self._reqs.get(req_id)
@@ -119,8 +123,7 @@ class SuffixProposer(Proposer):
         return self._global[tenant]
 
     def _append(self, req: _Request, token: int) -> None:
-        req.tokens.append(token)
-        req.local.append(0, token)
+        req.local.append(token)
         # Incremental global match: the node of context[-(p+1):] is the child, by the new token,
         # of the node of the old context[-p:]; the list stays contiguous from p = 1.
         trie = self._global.get(req.tenant)
@@ -205,17 +208,18 @@ class SuffixProposer(Proposer):
         d.score = float(sum(d.probs))
         return d
 
-    def _best_draft(self, trie: SuffixTrie, matches: list[int], cap: int, tree: bool) -> _Draft:
+    def _best_draft(self, subtree, num_matches: int, cap: int, tree: bool) -> _Draft:
+        """``subtree(p, budget)``: (trie, node) under the match of the context's last p tokens."""
         best = _Draft()
         # Longest match first: budgets shrink with p, so once the best score reaches the budget
         # of the current p no shorter match can beat it (scores are sums of probabilities <= 1).
-        for p in range(len(matches), 0, -1):
+        for p in range(num_matches, 0, -1):
             budget = self._budget(p, cap)
             if best.tokens and best.score >= budget:
                 break
             if budget == 0:
                 continue
-            d = self._draft_from(trie, matches[p - 1], budget, tree)
+            d = self._draft_from(*subtree(p, budget), budget, tree)
             d.match_len = p
             if d.score > best.score or (not best.tokens and d.tokens):
                 best = d
@@ -230,12 +234,13 @@ class SuffixProposer(Proposer):
                 out.append(DraftTree.empty())
                 continue
             tree = b.tree and self.options.mode == "tree"
-            # Local trie: the active nodes are exactly the matches of the context's suffixes.
-            local_matches = list(req.local.active_nodes(0))
-            best = self._best_draft(req.local, local_matches, cap, tree)
+            local, occ = req.local, req.local.matches()
+            best = self._best_draft(lambda p, budget: (local.continuations(occ[p - 1], p, budget), 0),
+                                    len(occ), cap, tree)
             trie = self._global.get(req.tenant)
             if trie is not None:
-                g = self._best_draft(trie, self._global_matches(req), cap, tree)
+                matches = self._global_matches(req)
+                g = self._best_draft(lambda p, budget: (trie, matches[p - 1]), len(matches), cap, tree)
                 if g.score > best.score or (g.score == best.score and g.match_len > best.match_len):
                     best = g
             if not best.tokens:

@@ -71,10 +71,42 @@ class SuffixTrie:
         return self._seqs[seq_id][0]
 
     def add_sequence(self, seq_id, tokens=()) -> None:
+        """Store a whole sequence: each suffix walked down from the root once (the same nodes
+        and counts as appending token by token, with the per-node work inlined: this runs at the
+        end of every request, inside the engine step)."""
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already stored")
-        self._seqs[seq_id] = ([], deque())
-        self.extend(seq_id, tokens)
+        seq = [int(t) for t in tokens]
+        n, max_depth = len(seq), self.max_depth
+        children, count, depth, parent, token, free = (self.children, self.count, self.depth, self.parent,
+                                                       self.token, self._free)
+        active = deque()
+        for start in range(n):
+            node = 0
+            for tok in seq[start : start + max_depth]:
+                kids = children[node]
+                if kids is None:
+                    kids = children[node] = {}
+                nxt = kids.get(tok)
+                if nxt is None:
+                    if free:
+                        nxt = free.pop()
+                        children[nxt], count[nxt], depth[nxt] = None, 0, depth[node] + 1
+                        parent[nxt], token[nxt] = node, tok
+                    else:
+                        nxt = len(count)
+                        children.append(None)
+                        count.append(0)
+                        depth.append(depth[node] + 1)
+                        parent.append(node)
+                        token.append(tok)
+                    kids[tok] = nxt
+                    self.num_nodes += 1
+                count[nxt] += 1
+                node = nxt
+            if n - start < max_depth:
+                active.appendleft(node)  # still growing: appending more tokens extends it
+        self._seqs[seq_id] = (seq, active)
 
     def extend(self, seq_id, tokens) -> None:
         for t in tokens:

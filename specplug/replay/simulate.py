@@ -3,7 +3,8 @@ context, accept the longest tree path that matches the target's output, emit the
 plus the bonus token, feed them back, repeat.
 
 What replay measures: tau (tokens per target forward, incl. the bonus), draft nodes per step
-(the verify work a tree adds), and the drafter's own time per step. What it cannot measure:
+(the verify work a tree adds), the drafter's own time per step, and its bookkeeping (start,
+observe, stop: paid for every request, drafting or not) per output token. What it cannot measure:
 the target forward's time (and so wall-clock speedup), tree-attention cost, and, for Token
 Recycling, the target's top-k at rejected tree nodes: a trace only has the top-k of the positions
 the target actually produced, so recycling learns from the accepted path's rows only (this
@@ -29,6 +30,7 @@ class Stats:
     tokens: int = 0
     draft_nodes: int = 0
     draft_seconds: float = 0.0
+    bookkeeping_seconds: float = 0.0  # start + observe + stop: paid per request whether it drafts or not
 
     @property
     def tau(self) -> float:
@@ -39,6 +41,7 @@ class Stats:
         self.tokens += o.tokens
         self.draft_nodes += o.draft_nodes
         self.draft_seconds += o.draft_seconds
+        self.bookkeeping_seconds += o.bookkeeping_seconds
 
 
 @dataclass
@@ -51,7 +54,9 @@ class ReplayResult:
 def replay_trace(drafter, trace: Trace, rid: str, k: int) -> Stats:
     st = Stats()
     out, prompt = trace.output_ids, list(trace.prompt_ids)
+    t0 = time.perf_counter()
     drafter.start(rid, prompt)
+    st.bookkeeping_seconds += time.perf_counter() - t0
     pos = 0
     while pos < len(out):
         context = prompt + out[:pos]
@@ -79,11 +84,15 @@ def replay_trace(drafter, trace: Trace, rid: str, k: int) -> Stats:
             for d, a in enumerate(accepted, start=1):
                 if pos + d < len(out):
                     topk[a + 1] = trace.topk[pos + d]
+        t0 = time.perf_counter()
         drafter.observe(rid, emitted, VerifyInfo(tree, accepted, topk, root_token=context[-1]))
+        st.bookkeeping_seconds += time.perf_counter() - t0
         st.steps += 1
         st.tokens += n_emit
         pos += n_emit
+    t0 = time.perf_counter()
     drafter.stop(rid)
+    st.bookkeeping_seconds += time.perf_counter() - t0
     return st
 
 

@@ -48,7 +48,7 @@ class SpecplugProposer:
         self.proposer = self.config.build_proposer()
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
-        self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput")
+        self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput", trace=self._open_step_trace())
         self._input_batch = None
         self._sched = None
         self._started: set[str] = set()
@@ -83,6 +83,17 @@ class SpecplugProposer:
             logger.info("specplug: tree verification on for greedy and plain-temperature requests (depth "
                         "positions, tree attention mask on CPU_ATTN, greedy / sample-and-match acceptance, "
                         "KV compaction); requests with logprobs, penalties or top-k/top-p are drafted as chains")
+
+    @staticmethod
+    def _open_step_trace():
+        """SPECPLUG_STEP_TRACE=DIR: one row per engine step in DIR/steps.<pid>.tsv (budgeting.py)."""
+        trace_dir = os.environ.get("SPECPLUG_STEP_TRACE")
+        if not trace_dir:
+            return None
+        os.makedirs(trace_dir, exist_ok=True)
+        path = os.path.join(trace_dir, f"steps.{os.getpid()}.tsv")
+        logger.info("specplug: writing a per-step trace to %s", path)
+        return open(path, "w", buffering=1)  # line-buffered: complete rows even if the engine is killed
 
     # vLLM lifecycle -----------------------------------------------------------------
     def load_model(self, target_model) -> None:

@@ -1,0 +1,99 @@
+"""A request's own context for SuffixDecoding, matched on demand instead of through a trie.
+
+SuffixDecoding's local tree is the suffix trie of the request's prompt + output. Building it
+costs O(max_depth) node creations per token (8.5 ms for a 300-token prompt in CPython), paid
+inside the engine step for every request, drafting or not. The trie is not needed to draft:
+
+- the trie node of the context's last p tokens is reached by every position j where those p
+  tokens end, and its count is the number of such positions;
+- its subtree is the trie of the continuations ``tokens[j+1:]`` of those positions, each cut at
+  the depth bound (p + length <= max_depth) and at the end of the sequence.
+
+So this keeps only the tokens and, per token value, where it occurs (O(1) per token), finds the
+earlier end positions of each context suffix with numpy when a draft is asked for, and builds a
+small :class:`ContinuationTrie` over their continuations. Counts, child order (first occurrence
+first) and so every draft are those of the full trie (tests/test_suffix.py checks this).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ContinuationTrie:
+    """The subtree under one suffix match, with the attribute names of ``SuffixTrie`` (node 0 is
+    the match) so the same drafting code reads both."""
+
+    def __init__(self, root_count: int):
+        self.children: list[dict[int, int] | None] = [None]
+        self.count: list[int] = [root_count]
+        self.token: list[int] = [-1]
+
+    def add(self, tokens) -> None:
+        children, count, token = self.children, self.count, self.token
+        node = 0
+        for t in tokens:
+            kids = children[node]
+            if kids is None:
+                kids = children[node] = {}
+            nxt = kids.get(t)
+            if nxt is None:
+                nxt = kids[t] = len(count)
+                children.append(None)
+                count.append(0)
+                token.append(t)
+            count[nxt] += 1
+            node = nxt
+
+
+class LocalContext:
+    def __init__(self, max_depth: int, tokens=()):
+        self.max_depth = max_depth
+        self.tokens: list[int] = []
+        self._buf = np.empty(max(64, 2 * len(tokens)), np.int64)
+        self._where: dict[int, list[int]] = {}  # token -> positions, ascending
+        for t in tokens:
+            self.append(int(t))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def append(self, token: int) -> None:
+        n = len(self.tokens)
+        if n == len(self._buf):
+            self._buf = np.concatenate([self._buf, np.empty(n, np.int64)])
+        self._buf[n] = token
+        self.tokens.append(token)
+        where = self._where.get(token)
+        if where is None:
+            self._where[token] = [n]
+        else:
+            where.append(n)
+
+    def matches(self) -> list[np.ndarray]:
+        """``out[p-1]``: the earlier end positions of the context's last p tokens, for p = 1, 2, ...
+        while there are any (p < max_depth: the trie's deepest match still has a child)."""
+        n = len(self.tokens)
+        if n == 0:
+            return []
+        occ = np.asarray(self._where[self.tokens[-1]][:-1], np.int64)
+        out = []
+        buf = self._buf
+        for p in range(1, min(n, self.max_depth - 1) + 1):
+            if p > 1:
+                occ = occ[occ >= p - 1]  # room for p tokens ending at j
+                occ = occ[buf[occ - (p - 1)] == buf[n - p]]
+            if occ.size == 0:
+                break
+            out.append(occ)
+        return out
+
+    def continuations(self, occ: np.ndarray, p: int, max_tokens: int) -> ContinuationTrie:
+        """The trie under the match of the last p tokens (earlier end positions ``occ``), cut at
+        ``max_tokens`` deep: a draft never goes deeper than its budget."""
+        n, tokens = len(self.tokens), self.tokens
+        trie = ContinuationTrie(int(occ.size) + 1)  # + the occurrence that ends the context
+        depth = min(max_tokens, self.max_depth - p)
+        for j in occ.tolist():
+            trie.add(tokens[j + 1 : min(j + 1 + depth, n)])
+        return trie
