@@ -142,3 +142,21 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(tiny_mod
     sampled = [int(m) for m in re.findall(r"trees verified in this worker \((\d+) of sampling", log)]
     assert sampled and max(sampled) > 0, "no tree of a sampling request was verified"
     assert spec["phases"]["all"]["num_accepted_tokens"] > n // 4
+
+
+def test_controller_on_plain_steps_greedy_identical(tiny_model, baseline, tmp_path):
+    """Goodput controller on (the default): at batch 64 it sends almost no drafts and at batch 1
+    it drafts, so the run mixes verify steps with steps that carry no drafts at all. Those run as
+    plain decode steps (patch 8, PlainStepWithoutDrafts: no spec-decode metadata, no rejection
+    sampler); output must stay identical to no speculation either way."""
+    cfg = SpecplugConfig(method="recycling", num_speculative_tokens=8)
+    got = run(tiny_model, cfg.to_vllm(), "recycling controller", tmp_path)
+    for phase in ("batch", "single"):
+        want = baseline[phase]["outputs"]
+        diff = [i for i, (a, b) in enumerate(zip(got[phase]["outputs"], want)) if a != b]
+        assert not diff, f"controller on/{phase}: prompts {diff} differ from no speculation"
+    # not vacuous: both kinds of step happened
+    log = (tmp_path / "logs" / "recycling_controller.log").read_text()
+    plain = [int(m) for m in re.findall(r"(\d+) steps without drafts ran as plain decode steps", log)]
+    assert plain, "no step ran as a plain decode step (patch 8 never applied)"
+    assert sum(got[p]["num_draft_tokens"] for p in ("batch", "single")) > 0, "the controller never drafted"

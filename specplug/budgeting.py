@@ -2,7 +2,7 @@
 
 An engine adapter calls, once per engine step:
 
-    planner.step_started(num_scheduled_tokens, has_new_requests)   # measures the last step
+    planner.step_started(num_scheduled_tokens, has_new_requests, num_requests)  # the last step
     planner.committed(req_id, tokens)                             # per request with output
     budgets = planner.budgets(req_ids)                            # 0 = do not send drafts
     planner.propose_started()                                     # drafting time starts here
@@ -66,7 +66,8 @@ class BudgetPlanner:
             trace.write("\t".join(TRACE_COLUMNS) + "\n")
 
     # ------------------------------------------------------------------ per step
-    def step_started(self, num_scheduled_tokens: int, has_new_requests: bool) -> None:
+    def step_started(self, num_scheduled_tokens: int, has_new_requests: bool,
+                     num_requests: int | None = None) -> None:
         now = self._clock()
         if self._trace is not None:
             gap = now - self._last_end if self._last_end is not None else float("nan")
@@ -75,8 +76,9 @@ class BudgetPlanner:
             seconds = now - self._last_end
             cost = self.controller.cost
             # an idle gap (no requests for a while) is not a step time: ignore outliers once fitted
-            if not (cost.identified and seconds > 10 * cost.predict(num_scheduled_tokens, self._sent_any)):
-                self.controller.observe_step(num_scheduled_tokens, seconds, speculating=self._sent_any)
+            predicted = cost.predict(num_scheduled_tokens, self._sent_any, num_requests)
+            if not (cost.identified and seconds > 10 * predicted):
+                self.controller.observe_step(num_scheduled_tokens, seconds, self._sent_any, num_requests)
         self._sent_any = False  # from here on: the drafts for the next step
 
     def committed(self, req_id, tokens: list[int]) -> None:
@@ -148,7 +150,8 @@ class BudgetPlanner:
         s, cost = self.stats, self.controller.cost
         a, b, c = cost.coefficients
         rows = max(s["rows"], 1)
-        return (f"step time ~ {a * 1e3:.2f} ms + {b * 1e3:.3f} ms/token + {c * 1e3:.2f} ms if drafts "
+        return (f"step time ~ {a * 1e3:.2f} ms + {b * 1e3:.3f} ms/token + {cost.per_request * 1e3:.3f} ms/request "
+                f"+ {c * 1e3:.2f} ms if drafts "
                 f"({cost.samples} samples); drafting {self.controller.propose_seconds * 1e3:.3f} ms/request; "
                 f"mean budget {s['budget_sum'] / rows:.2f} tokens; speculation off for "
                 f"{100 * s['off_rows'] / rows:.0f}% of request-steps")

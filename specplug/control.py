@@ -10,8 +10,8 @@ expected *goodput*:
 
 with everything measured online:
 - T_verify(n): time of one engine step as a function of the number of scheduled tokens, a linear
-  model a + b*n (+ c when the step verifies any drafts) fitted by recursive least squares with
-  forgetting (no hand-tuned tables);
+  model a + b*n (+ r per request in the batch, + c when the step verifies any drafts) fitted by
+  recursive least squares with forgetting (no hand-tuned tables);
 - T_propose: the proposer's measured time per request that drafts;
 - E[tokens_i | k]: 1 + alpha_i + ... + alpha_i^k = (1 - alpha_i^(k+1)) / (1 - alpha_i), with alpha_i
   the request's recent per-token acceptance rate (a chain's acceptance model; a tree budget of k
@@ -31,29 +31,35 @@ import numpy as np
 
 @dataclass
 class LinearCostModel:
-    """Step time ~ a + b * num_tokens + c * [the step verifies drafts], fitted online by
-    recursive least squares with forgetting.
+    """Step time ~ a + b * num_tokens + r * num_requests + c * [the step verifies drafts],
+    fitted online by recursive least squares with forgetting.
 
     The indicator term matters: an engine's speculative path has a fixed cost per step (draft
     bookkeeping, rejection sampling) that a plain decode step does not pay, so a model in tokens
     alone would blame it on the tokens and misjudge both "all off" and "a little on".
+    The per-request term matters too: an engine spends time per request in the batch
+    (scheduling, sampling, output processing) whatever its token count. Without it, a batch that
+    shrinks while its requests draft more (the end of a run, requests finishing at different
+    speeds) keeps the token count and gets faster, and the model learns that draft tokens are
+    nearly free. The request count is only fitted when callers give it (``num_requests``).
     """
 
     forgetting: float = 0.98
     prior_a: float = 0.02  # seconds; only used until enough samples arrive
     prior_b: float = 0.0005
     prior_c: float = 0.0
-    _P: np.ndarray = field(default_factory=lambda: np.eye(3) * 1e3)
+    _P: np.ndarray = field(default_factory=lambda: np.eye(4) * 1e3)
     _theta: np.ndarray | None = None
     samples: int = 0
     _min_n: float = float("inf")
     _max_n: float = 0.0
     _seen: set = field(default_factory=set)  # which of speculating / not speculating were observed
 
-    def observe(self, num_tokens: int, seconds: float, speculating: bool = True) -> None:
-        x = np.array([1.0, float(num_tokens), 1.0 if speculating else 0.0])
+    def observe(self, num_tokens: int, seconds: float, speculating: bool = True,
+                num_requests: int | None = None) -> None:
+        x = np.array([1.0, float(num_tokens), 1.0 if speculating else 0.0, float(num_requests or 0)])
         if self._theta is None:
-            self._theta = np.array([self.prior_a, self.prior_b, self.prior_c])
+            self._theta = np.array([self.prior_a, self.prior_b, self.prior_c, 0.0])
         lam = self.forgetting
         Px = self._P @ x
         gain = Px / (lam + x @ Px)
@@ -71,14 +77,22 @@ class LinearCostModel:
 
     @property
     def coefficients(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in ((self.prior_a, self.prior_b, self.prior_c) if self._theta is None else self._theta))
+        """(a, b, c): intercept, seconds per token, speculative-step overhead."""
+        return tuple(float(v) for v in ((self.prior_a, self.prior_b, self.prior_c) if self._theta is None
+                                        else self._theta[:3]))
 
-    def predict(self, num_tokens: float, speculating: bool = True) -> float:
+    @property
+    def per_request(self) -> float:
+        return 0.0 if self._theta is None else float(self._theta[3])
+
+    def predict(self, num_tokens: float, speculating: bool = True, num_requests: int | None = None) -> float:
         a, b, c = self.coefficients
         if len(self._seen) < 2:  # only one kind of step seen: a and c are not separable
             a, c = a + c, 0.0
         # Fitted terms can be transiently negative (noise); time never falls with more work.
-        return max(a, 1e-6) + max(b, 0.0) * num_tokens + (max(c, 0.0) if speculating else 0.0)
+        # (The per-request term is not clamped: it and the token term share plain steps' cost.)
+        return (max(a, 1e-6) + max(b, 0.0) * num_tokens + (max(c, 0.0) if speculating else 0.0)
+                + self.per_request * float(num_requests or 0))
 
 
 @dataclass
@@ -131,7 +145,7 @@ class GoodputController:
         if batch == 0:
             return {}
         alphas = np.array([self.acceptance.alpha(r) for r in req_ids])
-        base_rate = batch / (self.cost.predict(batch, speculating=False) + fixed_seconds)
+        base_rate = batch / (self.cost.predict(batch, speculating=False, num_requests=batch) + fixed_seconds)
         # every candidate draft token: request i's j-th token is worth alpha_i^j expected tokens
         cand = np.flatnonzero(alphas >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)
         if cand.size == 0 or self.max_budget <= 0:
@@ -145,15 +159,16 @@ class GoodputController:
         first[np.unique(owner, return_index=True)[1]] = True
         drafting = np.cumsum(first)  # requests that draft at all with the best m candidates
         m = np.arange(1, owner.size + 1)
-        rates = tokens / (self.cost.predict(batch + m, speculating=True) + fixed_seconds
+        rates = tokens / (self.cost.predict(batch + m, speculating=True, num_requests=batch) + fixed_seconds
                           + self.propose_seconds * drafting)
         best = int(np.argmax(rates))
         best_m = best + 1 if rates[best] > base_rate else 0
         budgets = np.bincount(owner[:best_m], minlength=batch)
         return {r: int(budgets[i]) for i, r in enumerate(req_ids)}
 
-    def observe_step(self, num_scheduled_tokens: int, seconds: float, speculating: bool = True) -> None:
-        self.cost.observe(num_scheduled_tokens, seconds, speculating)
+    def observe_step(self, num_scheduled_tokens: int, seconds: float, speculating: bool = True,
+                     num_requests: int | None = None) -> None:
+        self.cost.observe(num_scheduled_tokens, seconds, speculating, num_requests)
 
     def observe_request(self, req_id, drafted: int, accepted: int) -> None:
         self.acceptance.observe(req_id, drafted, accepted)

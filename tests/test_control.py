@@ -106,3 +106,44 @@ def test_online_controller_is_never_worse_than_no_speculation(batch):
     best = max(max(fixed.values()), none)
     assert learned >= 0.97 * none
     assert learned >= 0.9 * best
+
+
+def test_per_request_cost_keeps_a_shrinking_batch_from_misleading_the_model():
+    """An engine pays per request in the batch (scheduling, sampling, output processing) as well
+    as per token. At the end of a run the batch shrinks while the requests left draft more: the
+    token count stays put and the step gets faster. Fitted on such steps, a model in tokens alone
+    misprices draft tokens at full batch and picks the wrong budget; with the request count (what
+    the vLLM adapter passes) the fit recovers the engine and the plan is the optimal one."""
+    a, b, r, c = 0.002, 0.0003, 0.0006, 0.0002
+
+    def step_time(tokens, rows, speculating):
+        return a + b * tokens + r * rows + (c if speculating else 0.0)
+
+    steps = [(16, 16, False)] * 200  # full batch, no drafts
+    for rows in range(16, 0, -1):  # the tail
+        k = min(8, 32 // rows - 1)
+        steps += [(rows * (1 + k), rows, k > 0)] * 10
+
+    def fitted(with_rows: bool) -> GoodputController:
+        rng = np.random.default_rng(0)
+        ctl = GoodputController(max_budget=8)
+        for tokens, rows, spec in steps:
+            ctl.observe_step(tokens, step_time(tokens, rows, spec) + rng.normal(scale=2e-5), spec,
+                             rows if with_rows else None)
+        return ctl
+
+    def planned_total(ctl, alpha):
+        ctl.acceptance = AcceptanceTracker(prior=alpha, prior_weight=1e9)
+        return sum(ctl.plan([f"r{i}" for i in range(16)]).values())
+
+    def optimal_total(alpha):  # same budget k for all 16 requests: exhaustive over k
+        rate = lambda k: 16 * expected_tokens(alpha, k) / step_time(16 * (1 + k), 16, k > 0)
+        return 16 * max(range(9), key=rate)
+
+    with_rows, tokens_only = fitted(True), fitted(False)
+    assert with_rows.cost.per_request == pytest.approx(r, rel=0.02)
+    assert with_rows.cost.coefficients[1] == pytest.approx(b, rel=0.02)
+    alphas = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    assert [planned_total(with_rows, x) for x in alphas] == [optimal_total(x) for x in alphas]
+    # the failure the per-request term exists for (the test would pass vacuously without it)
+    assert [planned_total(tokens_only, x) for x in alphas] != [optimal_total(x) for x in alphas]

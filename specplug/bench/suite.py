@@ -22,6 +22,7 @@ class Variant:
     skip_reason: str | None = None  # shown in the table instead of numbers
     endpoint: str | None = None  # a running server to query instead of starting an engine
     engine_args: dict = field(default_factory=dict)  # extra LLM(...) arguments, e.g. async_scheduling
+    env: dict = field(default_factory=dict)  # extra environment of the engine process
 
 
 def sync_baseline() -> Variant:
@@ -73,6 +74,16 @@ def without_controller(variants: list[Variant]) -> list[Variant]:
     return out
 
 
+def without_plain_steps(variants: list[Variant]) -> list[Variant]:
+    """The same specplug configs with vLLM patch 8 off (SPECPLUG_PLAIN_STEPS=0): steps without
+    drafts take vLLM's verify path (spec-decode metadata, rejection sampler) as stock vLLM does."""
+    from specplug.config import VLLM_PAYLOAD_KEY
+
+    return [Variant(v.label + " (verify path on empty steps)", v.speculative_config,
+                    engine_args=v.engine_args, env=dict(v.env, SPECPLUG_PLAIN_STEPS="0"))
+            for v in variants if VLLM_PAYLOAD_KEY in (v.speculative_config or {})]
+
+
 def best_path_only(variants: list[Variant]) -> list[Variant]:
     """The tree: true specplug configs again with tree: false, so τ with whole trees and with
     their best path come from the same run (the tree ablation)."""
@@ -110,7 +121,7 @@ def run_variant(variant: Variant, base_request: dict, log_dir: Path, step_trace:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "req.json", Path(tmp) / "out.json"
         src.write_text(json.dumps(req))
-        env = dict(os.environ, **cpu_engine_env())
+        env = {**os.environ, **cpu_engine_env(), **variant.env}
         if step_trace:
             env["SPECPLUG_STEP_TRACE"] = str(log_dir / "steps" / name)
         with open(log_dir / f"{name}.log", "w") as log:

@@ -31,6 +31,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
     p.add_argument("--ablate-controller", action="store_true",
                    help="also run every specplug config with the goodput controller off (always draft up to the cap)")
+    p.add_argument("--ablate-plain-steps", action="store_true",
+                   help="also run every specplug config with SPECPLUG_PLAIN_STEPS=0: steps without drafts "
+                        "take vLLM's verify path, as in stock vLLM (docs/vllm.md, patch 8)")
     p.add_argument("--ablate-tree", action="store_true",
                    help="also run every tree: true specplug config with tree: false (vLLM verifies the best path)")
     p.add_argument("--repeats", type=int, default=1,
@@ -108,6 +111,8 @@ def run(args) -> int:
         variants += specplug
         ablated = suite.without_controller(specplug) if args.ablate_controller else []
         variants += ablated
+        if getattr(args, "ablate_plain_steps", False):
+            variants += suite.without_plain_steps(specplug)
         if args.ablate_tree:  # every tree config, with and without the controller, as best path too
             variants += suite.best_path_only(specplug + ablated)
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,

@@ -41,7 +41,7 @@ REQUIREMENTS = (
     # total_num_scheduled_tokens: the goodput controller's step-size measurement
     Requirement("vllm.v1.core.sched.output:SchedulerOutput",
                 fields=("scheduled_new_reqs", "finished_req_ids", "total_num_scheduled_tokens",
-                        "num_spec_tokens_to_schedule")),
+                        "num_scheduled_tokens", "num_spec_tokens_to_schedule")),
     Requirement("vllm.v1.core.sched.output:NewRequestData", fields=("req_id", "prompt_token_ids")),
     # tree verification (patches 4-6, tree_step.py)
     Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
@@ -53,6 +53,12 @@ REQUIREMENTS = (
     # patch 7: drafting for every step, also when a request is near max_model_len
     Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._input_fits_in_drafter",
                 params=("self", "common_attn_metadata")),
+    # patch 8: a batch without drafts is prepared as a plain decode step
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs",
+                source=("use_spec_decode = self.speculative_config is not None",)),
+    Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner.initialize_kv_cache", source=("self.kv_cache_config =",)),
+    Requirement("vllm.v1.kv_cache_interface:KVCacheGroupSpec", fields=("kv_cache_spec",)),
+    Requirement("vllm.v1.kv_cache_interface:AttentionSpec"),
     Requirement("vllm.v1.worker.gpu_input_batch:InputBatch.__init__",
                 source=("self.greedy_reqs", "self.num_computed_tokens_cpu", "self.num_logprobs")),
 )

@@ -27,6 +27,14 @@ config is in use: plain JSON speculative configs and other methods pass through 
    drafts for EVERY request: a full-width verify step whose drafts are almost never accepted, and
    a drafter that misses that step's commits. For specplug's drafter the check passes whenever
    attention metadata exists; the proposer caps each request's drafts at its own remaining length.
+8. PlainStepWithoutDrafts   GPUModelRunner._prepare_inputs
+   vLLM 0.32 prepares EVERY step of a speculative engine as a verify step, building spec-decode
+   metadata and running the rejection sampler even when no request in the batch has drafts. When
+   specplug's drafter (or its controller) sent no drafts at all for the step, and the model has
+   attention layers only, the step is prepared as vLLM prepares it without speculation (the
+   plain sampler; the same target distribution and, for greedy, the same argmax). Recurrent
+   (Mamba-style) models keep vLLM's path: their state offsets depend on it.
+   SPECPLUG_PLAIN_STEPS=0 leaves this patch out (`specplug bench --ablate-plain-steps`).
 """
 
 from __future__ import annotations
@@ -55,12 +63,16 @@ def _mark(fn):
     return fn
 
 
-def wrap_method(owner, name: str, make, static: bool = False) -> None:
-    """Replace ``owner.name`` with ``make(original)``, once (re-applying is a no-op)."""
+def wrap_method(owner, name: str, make, static: bool = False, tag: str | None = None) -> None:
+    """Replace ``owner.name`` with ``make(original)``, once per ``tag`` (re-applying is a no-op;
+    two patches of one method need different tags)."""
     orig = getattr(owner, name)
-    if _already(orig):
+    tags = getattr(orig, _MARK, ()) or ()
+    tag = tag or name
+    if tag in tags:
         return
-    new = _mark(functools.wraps(orig)(make(orig)))
+    new = functools.wraps(orig)(make(orig))
+    setattr(new, _MARK, (*tags, tag))
     setattr(owner, name, staticmethod(new) if static else new)
 
 
@@ -405,8 +417,61 @@ class DraftNearMaxModelLen:
         wrap_method(GPUModelRunner, "_input_fits_in_drafter", make)
 
 
+class PlainStepWithoutDrafts:
+    target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs"
+
+    @staticmethod
+    def attention_only(runner) -> bool:
+        cached = getattr(runner, "_specplug_attention_only", None)
+        if cached is None:
+            from vllm.v1.kv_cache_interface import AttentionSpec
+
+            groups = runner.kv_cache_config.kv_cache_groups
+            cached = bool(groups) and all(isinstance(g.kv_cache_spec, AttentionSpec) for g in groups)
+            runner._specplug_attention_only = cached
+        return cached
+
+    @staticmethod
+    def count(runner, every: int = 1024) -> None:
+        n = getattr(runner, "_specplug_plain_steps", 0) + 1
+        runner._specplug_plain_steps = n
+        if n == 1 or n % every == 0:
+            logger.info("specplug: %d steps without drafts ran as plain decode steps in this worker "
+                        "(no spec-decode metadata, no rejection sampler)", n)
+
+    @classmethod
+    def plain(cls, runner, scheduler_output) -> bool:
+        return (hasattr(getattr(runner, "drafter", None), "bind_step")
+                and not scheduler_output.scheduled_spec_decode_tokens and cls.attention_only(runner))
+
+    ENV = "SPECPLUG_PLAIN_STEPS"  # "0": keep vLLM's verify path on every step (for A/B runs)
+
+    @classmethod
+    def apply(cls) -> None:
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+        if os.environ.get(cls.ENV, "1") == "0":
+            logger.info("specplug: %s=0: steps without drafts keep vLLM's verify path", cls.ENV)
+            return
+
+        def make(orig):
+            def _prepare_inputs(self, scheduler_output, *a, **kw):
+                if not cls.plain(self, scheduler_output):
+                    return orig(self, scheduler_output, *a, **kw)
+                cls.count(self)
+                # _prepare_inputs reads speculative_config once, to choose the verify path
+                spec, self.speculative_config = self.speculative_config, None
+                try:
+                    return orig(self, scheduler_output, *a, **kw)
+                finally:
+                    self.speculative_config = spec
+            return _prepare_inputs
+
+        wrap_method(GPUModelRunner, "_prepare_inputs", make, tag="plain_step_without_drafts")
+
+
 ALL_PATCHES = (CliSpeculativeConfigFile, SpecplugPayloadToAdditionalConfig, BindRequestIds,
-               TreePositions, TreeAttentionCPU, TreeAcceptance, DraftNearMaxModelLen)
+               TreePositions, TreeAttentionCPU, TreeAcceptance, DraftNearMaxModelLen, PlainStepWithoutDrafts)
 
 
 def apply_all() -> None:

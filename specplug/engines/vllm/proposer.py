@@ -146,7 +146,8 @@ class SpecplugProposer:
             )
         sched = self._sched
         self.planner.step_started(int(getattr(sched, "total_num_scheduled_tokens", 0) or 0),
-                                  bool(getattr(sched, "scheduled_new_reqs", None)))
+                                  bool(getattr(sched, "scheduled_new_reqs", None)),
+                                  len(getattr(sched, "num_scheduled_tokens", None) or ()))
         self._sync_lifecycle()
         req_ids = self._input_batch.req_ids
         num_prompt = self._input_batch.num_prompt_tokens
