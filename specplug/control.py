@@ -11,7 +11,7 @@ expected *goodput*:
 with everything measured online:
 - T_verify(n): time of one engine step as a function of the number of scheduled tokens, a linear
   model a + b*n (+ r per request in the batch, + c when the step verifies any drafts) fitted by
-  recursive least squares with forgetting (no hand-tuned tables);
+  exponentially weighted least squares with non-negative terms (no hand-tuned tables);
 - T_propose: the proposer's measured time per request that drafts;
 - E[tokens_i | k]: 1 + alpha_i + ... + alpha_i^k = (1 - alpha_i^(k+1)) / (1 - alpha_i), with alpha_i
   the request's recent per-token acceptance rate (a chain's acceptance model; a tree budget of k
@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+_FREE = [np.array([i for i in range(4) if mask >> i & 1], dtype=np.intp) for mask in range(16)]
+
+
 @dataclass
 class LinearCostModel:
     """Step time ~ a + b * num_tokens + r * num_requests + c * [the step verifies drafts],
-    fitted online by recursive least squares with forgetting.
+    fitted online by exponentially weighted least squares with all four terms >= 0.
 
     The indicator term matters: an engine's speculative path has a fixed cost per step (draft
     bookkeeping, rejection sampling) that a plain decode step does not pay, so a model in tokens
@@ -42,14 +45,30 @@ class LinearCostModel:
     shrinks while its requests draft more (the end of a run, requests finishing at different
     speeds) keeps the token count and gets faster, and the model learns that draft tokens are
     nearly free. The request count is only fitted when callers give it (``num_requests``).
+
+    Why constrained least squares rather than recursive least squares with clamped terms: the
+    design is often degenerate. At concurrency 1 a plain step always has 1 token and speculative
+    steps mostly the same 1 + k, so a, b and c are not separable; the unconstrained fit explains
+    the two kinds of step exactly but may split them as, say, b < 0 and a large c. Clamping b to
+    0 afterwards then predicted speculative steps many times too slow and kept speculation off
+    for a whole run. Solving with the terms constrained to be >= 0 keeps the predictions at the
+    measured points right. The weighted normal equations (4 x 4, forgetting factor per sample)
+    are kept, with a weak ridge towards the priors so that terms the samples cannot separate
+    stay defined.
     """
 
     forgetting: float = 0.98
     prior_a: float = 0.02  # seconds; only used until enough samples arrive
     prior_b: float = 0.0005
     prior_c: float = 0.0
-    _P: np.ndarray = field(default_factory=lambda: np.eye(4) * 1e3)
-    _theta: np.ndarray | None = None
+    ridge: float = 1e-3  # weight of the priors, relative to the samples' (see _solve)
+    _A: np.ndarray = field(default_factory=lambda: np.zeros((4, 4)))
+    _y: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    _theta: np.ndarray | None = None  # the solution for the samples so far (None: not solved yet)
+    _free_mask: int = 15  # terms that were > 0 in the last constrained solution
+    # solving costs ~0.05-0.1 ms in numpy: done every few samples, not every engine step
+    resolve_every: int = 4
+    _solved_at: int = -(10**9)
     samples: int = 0
     _min_n: float = float("inf")
     _max_n: float = 0.0
@@ -58,17 +77,55 @@ class LinearCostModel:
     def observe(self, num_tokens: int, seconds: float, speculating: bool = True,
                 num_requests: int | None = None) -> None:
         x = np.array([1.0, float(num_tokens), 1.0 if speculating else 0.0, float(num_requests or 0)])
-        if self._theta is None:
-            self._theta = np.array([self.prior_a, self.prior_b, self.prior_c, 0.0])
         lam = self.forgetting
-        Px = self._P @ x
-        gain = Px / (lam + x @ Px)
-        self._theta = self._theta + gain * (seconds - x @ self._theta)
-        self._P = (self._P - np.outer(gain, Px)) / lam
+        self._A = lam * self._A + np.outer(x, x)
+        self._y = lam * self._y + seconds * x
         self.samples += 1
+        if self.samples - self._solved_at >= self.resolve_every:
+            self._theta = None
         self._min_n = min(self._min_n, num_tokens)
         self._max_n = max(self._max_n, num_tokens)
         self._seen.add(bool(speculating))
+
+    def _solve(self) -> np.ndarray:
+        """argmin over theta >= 0 of the weighted squared error plus the ridge; exact: the
+        unconstrained solution if it is feasible, else the solution with some terms held at 0
+        that satisfies the optimality (KKT) conditions; searching all 16 such sets finds it."""
+        if self._theta is None:
+            self._solved_at = self.samples
+            prior = np.array([self.prior_a, self.prior_b, self.prior_c, 0.0])
+            # the ridge is relative to each term's own scale (diag of A): where the samples cannot
+            # separate a term (its direction is degenerate), the prior decides in proportion to
+            # how much that term moves predictions, so a per-token term stays near its prior
+            # instead of absorbing the intercept
+            R = self.ridge * np.maximum(np.diag(self._A), 1.0)
+            A = self._A + np.diag(R)
+            y = self._y + R * prior
+            theta = np.linalg.solve(A, y)
+            if theta.min() < 0:
+                # the last step's set of zero terms is almost always still right: one solve and
+                # the optimality check (gradient >= 0 on the zero terms) instead of 14 solves
+                theta = self._restricted(A, y, self._free_mask)
+                if theta is None or not self._optimal(A, y, theta):
+                    theta = min((t for t in (self._restricted(A, y, m) for m in range(15)) if t is not None),
+                                key=lambda t: t @ A @ t - 2 * t @ y)
+                self._free_mask = sum(1 << i for i in range(4) if theta[i] > 0)
+            self._theta = theta
+        return self._theta
+
+    @staticmethod
+    def _restricted(A, y, mask: int):
+        """The least-squares solution with only the terms in ``mask`` free, if it is >= 0."""
+        free = _FREE[mask]
+        t = np.zeros(4)
+        if free.size:
+            t[free] = np.linalg.solve(A[free][:, free], y[free])
+        return t if t.min() >= 0 else None
+
+    @staticmethod
+    def _optimal(A, y, theta) -> bool:
+        grad = A @ theta - y  # half the objective's gradient
+        return bool(grad[theta <= 0].min(initial=0.0) >= -1e-12 * max(1.0, float(np.abs(y).max())))
 
     @property
     def identified(self) -> bool:
@@ -78,20 +135,19 @@ class LinearCostModel:
     @property
     def coefficients(self) -> tuple[float, float, float]:
         """(a, b, c): intercept, seconds per token, speculative-step overhead."""
-        return tuple(float(v) for v in ((self.prior_a, self.prior_b, self.prior_c) if self._theta is None
-                                        else self._theta[:3]))
+        if self.samples == 0:
+            return (self.prior_a, self.prior_b, self.prior_c)
+        return tuple(float(v) for v in self._solve()[:3])
 
     @property
     def per_request(self) -> float:
-        return 0.0 if self._theta is None else float(self._theta[3])
+        return 0.0 if self.samples == 0 else float(self._solve()[3])
 
-    def predict(self, num_tokens: float, speculating: bool = True, num_requests: int | None = None) -> float:
+    def predict(self, num_tokens, speculating: bool = True, num_requests: int | None = None):
         a, b, c = self.coefficients
         if len(self._seen) < 2:  # only one kind of step seen: a and c are not separable
             a, c = a + c, 0.0
-        # Fitted terms can be transiently negative (noise); time never falls with more work.
-        # (The per-request term is not clamped: it and the token term share plain steps' cost.)
-        return (max(a, 1e-6) + max(b, 0.0) * num_tokens + (max(c, 0.0) if speculating else 0.0)
+        return (max(a, 1e-6) + b * num_tokens + (c if speculating else 0.0)
                 + self.per_request * float(num_requests or 0))
 
 
@@ -138,9 +194,12 @@ class GoodputController:
     propose_seconds: float = 0.0  # EWMA of proposer time per drafting request
     min_alpha: float = 0.0  # never draft for requests below this acceptance (0: let the model decide)
 
-    def plan(self, req_ids: list, fixed_seconds: float = 0.0) -> dict:
+    def plan(self, req_ids: list, fixed_seconds: float = 0.0, explore: bool = False) -> dict:
         """{req_id: budget} for this step's batch. ``fixed_seconds``: time spent this step
-        whatever the budgets are (e.g. a proposer that runs for every request anyway)."""
+        whatever the budgets are (e.g. a proposer that runs for every request anyway).
+        ``explore``: plan as if a speculative step had no fixed extra cost (the fitted c), so a
+        c learned from a few unrepresentative steps (first-use warm-up of the engine's verify
+        path) is measured again instead of keeping speculation off for good."""
         batch = len(req_ids)
         if batch == 0:
             return {}
@@ -159,7 +218,7 @@ class GoodputController:
         first[np.unique(owner, return_index=True)[1]] = True
         drafting = np.cumsum(first)  # requests that draft at all with the best m candidates
         m = np.arange(1, owner.size + 1)
-        rates = tokens / (self.cost.predict(batch + m, speculating=True, num_requests=batch) + fixed_seconds
+        rates = tokens / (self.cost.predict(batch + m, speculating=not explore, num_requests=batch) + fixed_seconds
                           + self.propose_seconds * drafting)
         best = int(np.argmax(rates))
         best_m = best + 1 if rates[best] > base_rate else 0
