@@ -107,6 +107,40 @@ def test_local_drafts_equal_drafts_from_the_full_context_trie(seq, depth, cap, t
         assert got.scores.tolist() == pytest.approx(want.probs)
 
 
+class _EveryMatch(SuffixProposer):
+    """The oracle: drafts from every match length (no skipping of matches that occur exactly
+    where a longer one does)."""
+
+    def _best_draft(self, subtree, num_matches, cap, tree, occurrences=None):
+        return super()._best_draft(subtree, num_matches, cap, tree)
+
+
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=40), min_size=1, max_size=4),
+       st.integers(2, 10), st.integers(1, 12), st.sampled_from([True, False]),
+       st.sampled_from([0.5, 1.0, 2.5]), st.sampled_from([-2.0, 0.0, 1.5]), st.sampled_from([0.0, 0.2]))
+@settings(max_examples=200, deadline=None)
+def test_skipping_matches_with_the_same_occurrences_changes_no_draft(seqs, depth, cap, tree, factor, offset, min_p):
+    """Local context and global cache, any budget rule: the drafts equal the oracle's."""
+    opts = SuffixOptions(max_depth=depth, max_spec_factor=factor, max_spec_offset=offset, min_token_prob=min_p)
+    fast, slow = SuffixProposer(opts, 64), _EveryMatch(opts, 64)
+    *done, last = seqs
+    for i, seq in enumerate(done):  # finished requests fill the global cache
+        for prop in (fast, slow):
+            prop.start(f"old{i}", seq[:2])
+            prop.observe(f"old{i}", seq[2:])
+            prop.stop(f"old{i}")
+    for prop in (fast, slow):
+        prop.start("r", last[:3])
+    for n in range(3, len(last) + 1):  # draft after every commit
+        got, want = (prop.propose([_state("r", last[:n], min(3, n))], [Budget(cap, tree=tree)])[0]
+                     for prop in (fast, slow))
+        assert got.tokens.tolist() == want.tokens.tolist()
+        assert got.parents.tolist() == want.parents.tolist()
+        if n < len(last):
+            for prop in (fast, slow):
+                prop.observe("r", [last[n]])
+
+
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 8), st.data())
 @settings(max_examples=100, deadline=None)
 def test_bulk_add_then_append_equals_appending_token_by_token(seq, depth, data):

@@ -208,9 +208,13 @@ class SuffixProposer(Proposer):
         d.score = float(sum(d.probs))
         return d
 
-    def _best_draft(self, subtree, num_matches: int, cap: int, tree: bool) -> _Draft:
-        """``subtree(p, budget)``: (trie, node) under the match of the context's last p tokens."""
+    def _best_draft(self, subtree, num_matches: int, cap: int, tree: bool, occurrences=None) -> _Draft:
+        """``subtree(p, budget)``: (trie, node) under the match of the context's last p tokens;
+        ``occurrences(p)``: how many times those p tokens occur (None: draft from every match,
+        the slow oracle of the tests)."""
         best = _Draft()
+        max_depth = self.options.max_depth
+        last = None  # (occurrences, budget, depth bound) of the last match drafted from
         # Longest match first: budgets shrink with p, so once the best score reaches the budget
         # of the current p no shorter match can beat it (scores are sums of probabilities <= 1).
         for p in range(num_matches, 0, -1):
@@ -218,7 +222,16 @@ class SuffixProposer(Proposer):
             if best.tokens and best.score >= budget:
                 break
             if budget == 0:
-                continue
+                break  # the budget grows with p (max_spec_factor > 0): shorter matches get 0 too
+            # A shorter match with as many occurrences occurs exactly where the longer one does
+            # (each occurrence of the longer is one of the shorter), so it has the same
+            # continuations; with no larger budget or depth its draft is a prefix of the longer
+            # match's draft, and cannot score higher. Skipping it changes no draft.
+            if occurrences is not None:
+                n_occ, depth = occurrences(p), min(budget, max_depth - p)
+                if last is not None and n_occ == last[0] and budget <= last[1] and depth <= last[2]:
+                    continue
+                last = (n_occ, budget, depth)
             d = self._draft_from(*subtree(p, budget), budget, tree)
             d.match_len = p
             if d.score > best.score or (not best.tokens and d.tokens):
@@ -236,11 +249,12 @@ class SuffixProposer(Proposer):
             tree = b.tree and self.options.mode == "tree"
             local, occ = req.local, req.local.matches()
             best = self._best_draft(lambda p, budget: (local.continuations(occ[p - 1], p, budget), 0),
-                                    len(occ), cap, tree)
+                                    len(occ), cap, tree, lambda p: occ[p - 1].size)
             trie = self._global.get(req.tenant)
             if trie is not None:
                 matches = self._global_matches(req)
-                g = self._best_draft(lambda p, budget: (trie, matches[p - 1]), len(matches), cap, tree)
+                g = self._best_draft(lambda p, budget: (trie, matches[p - 1]), len(matches), cap, tree,
+                                     lambda p: trie.count[matches[p - 1]])
                 if g.score > best.score or (g.score == best.score and g.match_len > best.match_len):
                     best = g
             if not best.tokens:
