@@ -81,8 +81,8 @@ class BudgetPlanner:
             seconds = now - self._last_end
             cost = self.controller.cost
             # an idle gap (no requests for a while) is not a step time: ignore outliers once fitted
-            predicted = cost.predict(num_scheduled_tokens, self._sent_any, num_requests)
-            if not (cost.identified and seconds > 10 * predicted):
+            if not (cost.identified
+                    and seconds > 10 * cost.predict(num_scheduled_tokens, self._sent_any, num_requests)):
                 self.controller.observe_step(num_scheduled_tokens, seconds, self._sent_any, num_requests)
         self._sent_any = False  # from here on: the drafts for the next step
 

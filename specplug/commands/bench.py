@@ -111,7 +111,7 @@ def run(args) -> int:
         variants += specplug
         ablated = suite.without_controller(specplug) if args.ablate_controller else []
         variants += ablated
-        if getattr(args, "ablate_plain_steps", False):
+        if args.ablate_plain_steps:
             variants += suite.without_plain_steps(specplug)
         if args.ablate_tree:  # every tree config, with and without the controller, as best path too
             variants += suite.best_path_only(specplug + ablated)

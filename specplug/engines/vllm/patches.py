@@ -419,6 +419,7 @@ class DraftNearMaxModelLen:
 
 class PlainStepWithoutDrafts:
     target = "vllm.v1.worker.gpu_model_runner:GPUModelRunner._prepare_inputs"
+    ENV = "SPECPLUG_PLAIN_STEPS"  # "0": keep vLLM's verify path on every step (for A/B runs)
 
     @staticmethod
     def attention_only(runner) -> bool:
@@ -443,8 +444,6 @@ class PlainStepWithoutDrafts:
     def plain(cls, runner, scheduler_output) -> bool:
         return (hasattr(getattr(runner, "drafter", None), "bind_step")
                 and not scheduler_output.scheduled_spec_decode_tokens and cls.attention_only(runner))
-
-    ENV = "SPECPLUG_PLAIN_STEPS"  # "0": keep vLLM's verify path on every step (for A/B runs)
 
     @classmethod
     def apply(cls) -> None:
