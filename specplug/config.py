@@ -9,7 +9,7 @@ File format (configs/*.yaml):
     suffix:                        # options of the chosen method, section named after it
       max_depth: 24
 
-The same object converts to what each engine takes (``to_vllm()``); engine-specific code lives
+The same object converts to what each engine takes (``to_vllm()``, ``to_sglang()``); engine-specific code lives
 in ``specplug.engines`` and is never imported from here.
 """
 
@@ -29,6 +29,8 @@ VLLM_PROPOSER_CLASS = "specplug.engines.vllm.proposer.SpecplugProposer"
 # Key under which the specplug payload travels inside vLLM's speculative_config dict until
 # the plugin moves it into VllmConfig.additional_config (see engines/vllm/patches.py).
 VLLM_PAYLOAD_KEY = "specplug"
+# Environment variable that carries a config to SGLang's processes (engines/sglang/settings.py).
+SGLANG_CONFIG_ENV = "SPECPLUG_CONFIG"
 
 
 class SpecplugConfigError(ValueError):
@@ -148,6 +150,22 @@ class SpecplugConfig(BaseModel):
             "model": VLLM_PROPOSER_CLASS,
             "num_speculative_tokens": self.num_speculative_tokens,
             VLLM_PAYLOAD_KEY: self.to_dict(),
+        }
+
+    def to_sglang(self) -> dict:
+        """Keyword arguments for SGLang (``sgl.Engine(model_path=..., **cfg.to_sglang())``).
+
+        SGLang's ServerArgs takes no unknown keys, so the method settings travel in the
+        ``SPECPLUG_CONFIG`` environment variable, which this call sets (as inline JSON) and SGLang's
+        spawned scheduler processes inherit; specplug's SGLang plugin reads it there. The verify
+        width counts the last committed token: ``num_speculative_tokens + 1``.
+        """
+        import os
+
+        os.environ[SGLANG_CONFIG_ENV] = self.to_json()
+        return {
+            "speculative_algorithm": "SPECPLUG_" + self.method.upper(),
+            "speculative_num_draft_tokens": self.num_speculative_tokens + 1,
         }
 
 

@@ -1,4 +1,8 @@
-"""specplug's SGLang adapter (planned: SPECPLUG_* speculative algorithms on SGLang's NGRAM tree
-path). Only the entry point exists in this version; see specplug/engines/sglang/plugin.py."""
+"""specplug's SGLang adapter: SPECPLUG_* speculative algorithms on SGLang's NGRAM tree-verify path.
+
+Engine-free modules (no sglang import): layout.py, drafting.py, settings.py, contract.py.
+Modules that import sglang, loaded only after the contract check: algorithm.py, worker.py.
+"""
 
 SUPPORTED_SGLANG_VERSIONS = ("0.5.23",)
+
