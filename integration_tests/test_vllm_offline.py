@@ -100,11 +100,33 @@ def test_tree_verification_greedy_identical(method, prefix_caching, tiny_model, 
     assert res["phases"]["batch"]["num_accepted_tokens"] > 0
 
 
-def test_tree_verification_sampling_matches_no_speculation_distribution(tiny_model, tmp_path):
+SAMPLED_N, SAMPLED_POSITIONS = 768, 6
+
+
+def sampled_request(model: str) -> dict:
+    return {"model": model, "dtype": "float32", "max_model_len": MAX_MODEL_LEN, "max_tokens": SAMPLED_POSITIONS,
+            "prompts": [prompts()[20]] * SAMPLED_N,  # a repetitive prompt
+            "phases": [{"name": "all", "concurrency": 64}], "sampling": {"temperature": 0.05, "seed": 0}}
+
+
+@pytest.fixture(scope="module")
+def sampled_baseline(tiny_model, tmp_path_factory):
+    base = run_variant(Variant("sampled base", None), sampled_request(tiny_model), tmp_path_factory.mktemp("sbase"))
+    assert base.get("ok"), base.get("error")
+    return base["phases"]["all"]["outputs"]
+
+
+@pytest.mark.parametrize("controller", ["off", "goodput"])
+def test_tree_verification_sampling_matches_no_speculation_distribution(controller, tiny_model, sampled_baseline,
+                                                                        tmp_path):
     """Sampling, tree: true — sample-and-match inside vLLM. The same prompt is sampled many times
     with and without speculation (request i seeded i in both); for each output position the token
     frequencies of the two engines must pass a chi-square homogeneity test. SuffixDecoding's
     global cache drafts branching trees from the earlier samples.
+
+    controller off: every step verifies trees. controller goodput: the run mixes verify steps with
+    steps that carry no drafts and run as plain decode steps (patch 8, vLLM's plain sampler); the
+    distribution must be the same either way.
 
     Temperature 0.05, not 1: the random-weight tiny model's logits are so flat that at T = 1 (even
     at 0.1) its top token has a few percent of the mass, drafts are almost never accepted, and the
@@ -113,18 +135,13 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(tiny_mod
     docs/vllm.md, "Sampling with custom drafts".)"""
     from scipy.stats import chi2_contingency
 
-    prompt = prompts()[20]  # a repetitive one
-    n, positions = 768, 6
-    req = {"model": tiny_model, "dtype": "float32", "max_model_len": MAX_MODEL_LEN, "max_tokens": positions,
-           "prompts": [prompt] * n, "phases": [{"name": "all", "concurrency": 64}],
-           "sampling": {"temperature": 0.05, "seed": 0}}
+    n, positions = SAMPLED_N, SAMPLED_POSITIONS
     cfg = SpecplugConfig.from_dict({"method": "suffix", "num_speculative_tokens": 8, "tree": True,
-                                    "controller": "off", "suffix": {"mode": "tree", "max_spec_factor": 2.0}})
-    spec = run_variant(Variant("sampled tree", cfg.to_vllm()), req, tmp_path / "logs")
-    base = run_variant(Variant("sampled base", None), req, tmp_path / "logs")
+                                    "controller": controller, "suffix": {"mode": "tree", "max_spec_factor": 2.0}})
+    label = f"sampled tree {controller}"
+    spec = run_variant(Variant(label, cfg.to_vllm()), sampled_request(tiny_model), tmp_path / "logs")
     assert spec.get("ok"), spec.get("error")
-    assert base.get("ok"), base.get("error")
-    got, want = spec["phases"]["all"]["outputs"], base["phases"]["all"]["outputs"]
+    got, want = spec["phases"]["all"]["outputs"], sampled_baseline
     assert got != want  # different random streams: equal lists would mean nothing was sampled
     for pos in range(positions):
         a = [o[pos] for o in got if len(o) > pos]
@@ -138,10 +155,15 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(tiny_mod
             p = chi2_contingency(table).pvalue
             assert p > 1e-3, f"position {pos}: token frequencies differ from no speculation (p={p:.2g})"
     # not vacuous: sampling requests' trees were verified and drafts were accepted
-    log = (tmp_path / "logs" / "sampled_tree.log").read_text()
+    log = (tmp_path / "logs" / f"{label.replace(' ', '_')}.log").read_text()
     sampled = [int(m) for m in re.findall(r"trees verified in this worker \((\d+) of sampling", log)]
     assert sampled and max(sampled) > 0, "no tree of a sampling request was verified"
-    assert spec["phases"]["all"]["num_accepted_tokens"] > n // 4
+    if controller == "off":
+        assert spec["phases"]["all"]["num_accepted_tokens"] > n // 4
+    else:  # both kinds of step happened
+        assert spec["phases"]["all"]["num_accepted_tokens"] > 0
+        plain = [int(m) for m in re.findall(r"(\d+) steps without drafts ran as plain decode steps", log)]
+        assert plain and max(plain) > 0, "no step ran as a plain decode step (patch 8 never applied)"
 
 
 def test_controller_on_plain_steps_greedy_identical(tiny_model, baseline, tmp_path):
