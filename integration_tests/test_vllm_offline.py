@@ -139,7 +139,8 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(controll
     cfg = SpecplugConfig.from_dict({"method": "suffix", "num_speculative_tokens": 8, "tree": True,
                                     "controller": controller, "suffix": {"mode": "tree", "max_spec_factor": 2.0}})
     label = f"sampled tree {controller}"
-    spec = run_variant(Variant(label, cfg.to_vllm()), sampled_request(tiny_model), tmp_path / "logs")
+    spec = run_variant(Variant(label, cfg.to_vllm()), sampled_request(tiny_model), tmp_path / "logs",
+                       step_trace=True)
     assert spec.get("ok"), spec.get("error")
     got, want = spec["phases"]["all"]["outputs"], sampled_baseline
     assert got != want  # different random streams: equal lists would mean nothing was sampled
@@ -160,10 +161,15 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(controll
     assert sampled and max(sampled) > 0, "no tree of a sampling request was verified"
     if controller == "off":
         assert spec["phases"]["all"]["num_accepted_tokens"] > n // 4
-    else:  # both kinds of step happened
+    else:  # both kinds of step happened, many times
         assert spec["phases"]["all"]["num_accepted_tokens"] > 0
         plain = [int(m) for m in re.findall(r"(\d+) steps without drafts ran as plain decode steps", log)]
         assert plain and max(plain) > 0, "no step ran as a plain decode step (patch 8 never applied)"
+        sent = [int(row.split("\t")[-1]) for f in (tmp_path / "logs" / "steps").rglob("steps.*.tsv")
+                for row in f.read_text().splitlines()[1:] if int(row.split("\t")[0]) > 0]
+        with_drafts = sum(1 for x in sent if x > 0)
+        print(f"decode steps: {with_drafts} with drafts, {len(sent) - with_drafts} without")
+        assert with_drafts >= 5 and len(sent) - with_drafts >= 5, (with_drafts, len(sent))
 
 
 def test_controller_on_plain_steps_greedy_identical(tiny_model, baseline, tmp_path):
