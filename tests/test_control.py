@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from specplug.control import AcceptanceTracker, GoodputController, LinearCostModel, expected_tokens
 
@@ -164,3 +166,23 @@ def test_per_request_cost_keeps_a_shrinking_batch_from_misleading_the_model():
     assert [planned_total(with_rows, x) for x in alphas] == [optimal_total(x) for x in alphas]
     # the failure the per-request term exists for (the test would pass vacuously without it)
     assert [planned_total(tokens_only, x) for x in alphas] != [optimal_total(x) for x in alphas]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=40), st.floats(1e-4, 0.05), st.floats(0.0, 0.01),
+       st.floats(0.0, 0.02), st.floats(0.0, 2e-3), st.integers(1, 16), st.booleans())
+def test_cheap_pre_check_never_changes_a_plan(alphas, a, b, c, propose, k, explore):
+    """plan() returns all-zero budgets without building the candidates when an upper bound on every
+    plan's rate is below not drafting; the budgets must be exactly those of the full computation."""
+    ctl = GoodputController(max_budget=k, propose_seconds=propose)
+    rng = np.random.default_rng(0)
+    for i in range(40):  # a fitted cost model: a + b * tokens (+ c with drafts)
+        n = int(rng.integers(1, 200))
+        spec = bool(i % 2)
+        ctl.observe_step(n, a + b * n + (c if spec else 0.0), spec, None)
+    ids = [f"r{i}" for i in range(len(alphas))]
+    for r, al in zip(ids, alphas):
+        ctl.acceptance._acc[r] = (al * 1e6, 1e6)  # alpha(r) ~= al
+    got = ctl.plan(ids, explore=explore)
+    ctl._may_pay = lambda *args: True  # the full computation
+    assert got == ctl.plan(ids, explore=explore)

@@ -261,3 +261,28 @@ def test_drafting_time_per_request_is_reported():
         prop.propose([st_], [Budget(16)])
     us = (time.perf_counter() - t) / 200 * 1e6
     print(f"suffix drafting: {us:.1f} us per request per step (depth 24, budget 16)")
+
+
+@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=40), min_size=1, max_size=3),
+       st.lists(st.integers(0, 3), min_size=1, max_size=120), st.integers(2, 10), st.data())
+@settings(max_examples=150, deadline=None)
+def test_lazily_folded_global_match_equals_matching_afresh(cached, stream, depth, data):
+    """observe() only records tokens; the global match is brought up to date when the request
+    drafts (token by token, or afresh after many tokens). At every draft it must be the match of
+    the whole context in the global trie, whatever the pattern of drafting and not drafting."""
+    prop = SuffixProposer(SuffixOptions(max_depth=depth), 16)
+    for i, seq in enumerate(cached):  # past responses in the global trie
+        prop.start(f"old{i}", [0])
+        prop.observe(f"old{i}", seq)
+        prop.stop(f"old{i}")
+    prop.start("r", stream[:1])
+    tokens = list(stream[:1])
+    trie = prop._global[None]
+    for t in stream[1:]:
+        prop.observe("r", [t])
+        tokens.append(t)
+        if data.draw(st.booleans()):  # this step the request drafts
+            prop.propose([ReqState("r", np.asarray(tokens), 1)], [Budget(4)])
+            req = prop._reqs["r"]
+            assert req.global_match == trie.match(tokens, depth)
+            assert req.unfolded == 0

@@ -62,6 +62,7 @@ class _Request:
     num_prompt: int
     global_epoch: int = -1  # epoch of the global trie the cached match belongs to
     global_match: list[int] = field(default_factory=list)  # node of context[-p:] for p = 1..
+    unfolded: int = 0  # tokens appended since global_match was brought up to date
 
     @property
     def tokens(self) -> list[int]:
@@ -123,24 +124,27 @@ class SuffixProposer(Proposer):
         return self._global[tenant]
 
     def _append(self, req: _Request, token: int) -> None:
+        # The global match is brought up to date only when this request drafts (_global_matches):
+        # a request the controller keeps off pays O(1) per token, not a walk of up to max_depth.
         req.local.append(token)
-        # Incremental global match: the node of context[-(p+1):] is the child, by the new token,
-        # of the node of the old context[-p:]; the list stays contiguous from p = 1.
-        trie = self._global.get(req.tenant)
-        if trie is None or req.global_epoch != self._epoch.get(req.tenant):
-            return  # recomputed lazily at the next propose
+        req.unfolded += 1
+
+    @staticmethod
+    def _fold(trie: SuffixTrie, match: list[int], token: int) -> list[int]:
+        """The match after one more token: the node of context[-(p+1):] is the child, by the new
+        token, of the node of the old context[-p:]; the list stays contiguous from p = 1."""
         new = []
         first = trie.child(0, token)
         if first >= 0:
             new.append(first)
-            for node in req.global_match:
+            for node in match:
                 if trie.depth[node] >= trie.max_depth:
                     break
                 nxt = trie.child(node, token)
                 if nxt < 0:
                     break
                 new.append(nxt)
-        req.global_match = new
+        return new
 
     # ------------------------------------------------------------------ drafting
     def _sync(self, r: ReqState) -> _Request:
@@ -158,9 +162,15 @@ class SuffixProposer(Proposer):
         trie = self._global.get(req.tenant)
         if trie is None or trie.num_sequences == 0:
             return []
-        if req.global_epoch != self._epoch[req.tenant]:
+        if req.global_epoch != self._epoch[req.tenant] or req.unfolded > trie.max_depth // 2:
+            # the trie changed, or folding token by token would walk more than matching afresh
             req.global_match = trie.match(req.tokens, trie.max_depth)
             req.global_epoch = self._epoch[req.tenant]
+        elif req.unfolded:
+            tokens = req.tokens
+            for t in tokens[len(tokens) - req.unfolded :]:
+                req.global_match = self._fold(trie, req.global_match, t)
+        req.unfolded = 0
         return req.global_match
 
     def _budget(self, p: int, cap: int) -> int:

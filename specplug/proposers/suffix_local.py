@@ -52,8 +52,17 @@ class LocalContext:
         self.tokens: list[int] = []
         self._buf = np.empty(max(64, 2 * len(tokens)), np.int64)
         self._where: dict[int, list[int]] = {}  # token -> positions, ascending
-        for t in tokens:
-            self.append(int(t))
+        # a prompt in bulk (what append() does per token; a new request's prompt is paid inside
+        # the engine step that admits it)
+        self.tokens = [int(t) for t in tokens]
+        self._buf[: len(self.tokens)] = self.tokens
+        where = self._where
+        for i, t in enumerate(self.tokens):
+            positions = where.get(t)
+            if positions is None:
+                where[t] = [i]
+            else:
+                positions.append(i)
 
     def __len__(self) -> int:
         return len(self.tokens)
