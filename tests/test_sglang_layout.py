@@ -164,7 +164,7 @@ def test_draft_source_loop_reproduces_the_target_and_speculates(method, tree):
     rounds = 0
     while any(len(o) < len(target) for o in outs.values()):
         live = [r for r, o in outs.items() if len(o) < len(target)]
-        tokens, mask = src.draft(live, [prompt + outs[r] for r in live], [len(prompt)] * len(live))
+        tokens, mask = src.draft(live, [prompt] * len(live), [outs[r] for r in live])
         tokens, mask = tokens.reshape(len(live), width), mask.reshape(len(live), width, width)
         for b, rid in enumerate(live):
             _, _, nxt, sib = reconstruct_links(mask[b], 0, width)
@@ -178,15 +178,64 @@ def test_draft_source_loop_reproduces_the_target_and_speculates(method, tree):
     assert outs["a"] == target and outs["b"] == target
     assert 2 * (len(target) - 1) / rounds > 1.5  # tokens per round (τ) over both requests
     src.erase(["a", "b"])
-    assert src._seen == {}
+    assert src._hist == {}
 
 
-def test_draft_source_restarts_a_request_whose_history_shrank():
+class _Recorder:
+    """Wraps a proposer and records the lifecycle calls the draft source makes."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def start(self, rid, prompt, tenant=None):
+        self.calls.append(("start", rid, list(prompt)))
+        self.inner.start(rid, prompt)
+
+    def observe(self, rid, ids, info=None):
+        self.calls.append(("observe", rid, list(ids), info.root_token))
+        self.inner.observe(rid, ids, info)
+
+    def stop(self, rid):
+        self.calls.append(("stop", rid))
+        self.inner.stop(rid)
+
+    def propose(self, batch, budgets):
+        for r in batch:
+            self.calls.append(("propose", r.req_id, r.token_ids.tolist()))
+        return self.inner.propose(batch, budgets)
+
+
+def test_draft_source_lifecycle_in_sync_and_overlap_modes():
+    """Overlap mode: last round's accepted tokens arrive spliced, and a round later inside the
+    output. Either way each committed token reaches the proposer once, with the right root, and
+    the proposer drafts from the whole history."""
     src = DraftSource(SpecplugConfig(method="suffix", num_speculative_tokens=4), 5)
-    src.draft(["r"], [[1, 2, 3, 1, 2]], [3])
-    src.draft(["r"], [[1, 2, 3, 1, 2, 3]], [3])
-    src.draft(["r"], [[1, 2, 3, 4]], [3])  # retracted and re-run: state starts over
-    assert src._seen == {"r": 4}
+    rec = src.proposer = _Recorder(src.proposer)
+    prompt = [1, 2, 3]
+    src.draft(["r"], [prompt], [[7]])  # first round: prefill produced 7
+    src.draft(["r"], [prompt], [[7]], [[8, 9]])  # overlap: 8, 9 accepted, not yet in output
+    src.draft(["r"], [prompt], [[7, 8, 9]], [[4]])  # ... now they are; 4 spliced
+    src.draft(["r"], [prompt], [[7, 8, 9, 4, 5]])  # synchronous again: 5 new
+    assert rec.calls == [
+        ("start", "r", [1, 2, 3]), ("observe", "r", [7], 3), ("propose", "r", [1, 2, 3, 7]),
+        ("observe", "r", [8, 9], 7), ("propose", "r", [1, 2, 3, 7, 8, 9]),
+        ("observe", "r", [4], 9), ("propose", "r", [1, 2, 3, 7, 8, 9, 4]),
+        ("observe", "r", [5], 4), ("propose", "r", [1, 2, 3, 7, 8, 9, 4, 5]),
+    ]
+    rec.calls.clear()
+    src.draft(["r"], [prompt], [[6]])  # retracted and re-run: the history shrank, state starts over
+    assert rec.calls[:3] == [("stop", "r"), ("start", "r", [1, 2, 3]), ("observe", "r", [6], 3)]
+    src.reset()
+    assert rec.calls[-1] == ("stop", "r") and src._hist == {}
+
+
+def test_draft_source_history_grows_past_its_buffer():
+    src = DraftSource(SpecplugConfig(method="suffix", num_speculative_tokens=4), 5)
+    out = []
+    for t in range(300):
+        out.append(t % 7)
+        src.draft(["r"], [[1, 2]], [out])
+    assert src._hist["r"].view().tolist() == [1, 2] + out
 
 
 def test_draft_source_survives_a_failing_proposer(caplog):
@@ -196,6 +245,6 @@ def test_draft_source_survives_a_failing_proposer(caplog):
         raise RuntimeError("boom")
 
     src.proposer.propose = boom
-    tokens, mask = src.draft(["r"], [[1, 2, 3]], [2])
+    tokens, mask = src.draft(["r"], [[1, 2]], [[3]])
     assert tokens.tolist() == [3, 0, 0, 0]  # only node 0 and padding: verify yields the bonus token
     assert "suffix proposer raised" in caplog.text

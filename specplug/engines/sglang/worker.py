@@ -8,8 +8,9 @@ front, `on_publish`, the radix-cache commit by the scheduler and the overlap rel
 replaced here are the ones that talk to NGRAM's C++ corpus:
 - ``__init__``: no corpus is built; ``self.ngram_corpus`` is a small adapter over `DraftSource`
   (NGRAMWorker calls its ``batch_put``, ``erase_match_state`` and ``reset``);
-- ``_prepare_draft_tokens``: full request histories (NGRAM only passes the last
-  ``max_trie_depth`` tokens) with the same overlap splice as NGRAM, laid out by layout.py.
+- ``_prepare_draft_tokens``: each request's whole history (NGRAM only passes the last
+  ``max_trie_depth`` tokens) with the same overlap splice as NGRAM; drafting.py keeps the
+  histories and reads only new tokens; layout.py lays the trees out.
 """
 
 from __future__ import annotations
@@ -83,10 +84,9 @@ class SpecplugNgramWorker(NGRAMWorker):
             self.prev_token_ids, self.prev_accept_lens = prev_ids.tolist(), prev_lens.tolist()
         else:
             self.prev_token_ids, self.prev_accept_lens = [], [0] * bs
-        histories, num_prompt = [], []
-        for i, req in enumerate(batch.reqs):
-            prompt = list(req.origin_input_ids_unpadded)
-            prev = self.prev_token_ids[i * stride : i * stride + self.prev_accept_lens[i]] if use_prev_tokens else []
-            histories.append(prompt + list(req.output_ids) + prev)
-            num_prompt.append(len(prompt))
-        return self.draft_source.draft([req.rid for req in batch.reqs], histories, num_prompt)
+        spliced = ([self.prev_token_ids[i * stride : i * stride + self.prev_accept_lens[i]] for i in range(bs)]
+                   if use_prev_tokens else None)
+        # the draft source reads only the tokens it has not seen yet (no per-round context copies)
+        return self.draft_source.draft([req.rid for req in batch.reqs],
+                                       [req.origin_input_ids_unpadded for req in batch.reqs],
+                                       [req.output_ids for req in batch.reqs], spliced)
