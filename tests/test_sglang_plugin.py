@@ -226,3 +226,54 @@ def test_layout_through_sglangs_own_reconstruct_kernel(sglang_reconstruct, batch
         # and positions are specplug's tree depths
         assert positions[b * width + 1 : b * width + 1 + tree.num_nodes].tolist() == \
             (int(seq_lens[b]) + tree.depths()).tolist()
+
+
+# ---------------------------------------------------------------------- SGLang's own NGRAM corpus
+@pytest.fixture(scope="module")
+def ngram_corpus_cls():
+    """SGLang's NgramCorpus: the C++ trie its NGRAM worker drafts from (host-only C++, JIT-built
+    with tvm-ffi in ~20 s; it warns that it cannot detect a CUDA architecture)."""
+    try:
+        from sglang.srt.speculative.cpp_ngram.ngram_corpus import NgramCorpus
+
+        NgramCorpus(max_trie_depth=4, draft_token_num=4)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"SGLang's NgramCorpus does not build here: {type(e).__name__}: {e}")
+    return NgramCorpus
+
+
+def _strip_trailing_padding(tokens, parent, mask, width):
+    """Trailing nodes that are token 0 under node 0 with no children (SGLang's padding)."""
+    n = width
+    while n > 1 and tokens[n - 1] == 0 and parent[n - 1] == 0 and not mask[n:, n - 1].any():
+        n -= 1
+    return n
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(2, 12), vocab=st.integers(2, 6))
+def test_specplug_layout_is_byte_identical_to_what_sglangs_ngram_corpus_emits(ngram_corpus_cls, seed, width, vocab):
+    """SGLang's own drafter and specplug's layout agree on the format NGRAMWorker consumes: take the
+    tree SGLang's NgramCorpus drafts for a context, lay it out with specplug's layout_request, and
+    get SGLang's tokens and mask back exactly (dtypes, node order, padding)."""
+    from specplug.engines.sglang.layout import layout_request
+    from specplug.tree import DraftTree
+
+    rng = np.random.default_rng(seed)
+    corpus = ngram_corpus_cls(max_trie_depth=8, min_bfs_breadth=1, max_bfs_breadth=4, draft_token_num=width)
+    seqs = [rng.integers(1, vocab + 1, size=int(rng.integers(5, 60))).tolist() for _ in range(3)]
+    corpus.batch_put(seqs)
+    corpus.synchronize()
+    contexts = [s[-8:] for s in seqs]
+    tokens, mask = corpus.batch_get([f"r{i}" for i in range(3)], contexts, [len(s) for s in seqs])
+    assert tokens.shape == (3 * width,) and mask.shape == (3 * width * width,)
+    tokens, mask = tokens.reshape(3, width), mask.reshape(3, width, width)
+    for b in range(3):
+        assert tokens[b, 0] == contexts[b][-1]  # node 0 is the last token
+        _, parent, _, _ = reconstruct_links(mask[b], 0, width)
+        n = _strip_trailing_padding(tokens[b], parent, mask[b], width)
+        tree = DraftTree(tokens[b, 1:n], parent[1:n] - 1)
+        ours_t, ours_m = layout_request(int(tokens[b, 0]), tree, width)
+        assert ours_t.dtype == tokens.dtype and ours_m.dtype == mask.dtype
+        assert ours_t.tolist() == tokens[b].tolist()
+        assert ours_m.tolist() == mask[b].tolist()
