@@ -11,7 +11,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: CPU
 
 import subprocess
 import sys
-import sys as _sys
 import types
 
 import numpy as np
@@ -189,17 +188,17 @@ def sglang_reconstruct():
     """SGLang's Triton `reconstruct_indices_from_tree_mask` (its XPU/CUDA path), run in Triton's CPU
     interpreter. Its module imports the compiled CPU op at top level on non-GPU platforms; that op
     is not used here, so the import gets a placeholder for it."""
-    stub_names = [n for n in ("sgl_kernel", "sgl_kernel.speculative") if n not in _sys.modules]
+    stub_names = [n for n in ("sgl_kernel", "sgl_kernel.speculative") if n not in sys.modules]
     for n in stub_names:
-        _sys.modules[n] = types.ModuleType(n)
-    _sys.modules["sgl_kernel.speculative"].reconstruct_indices_from_tree_mask = None
+        sys.modules[n] = types.ModuleType(n)
+    sys.modules["sgl_kernel.speculative"].reconstruct_indices_from_tree_mask = None
     try:
         from sglang.kernels.ops.speculative import reconstruct_tree
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"sglang's reconstruct_tree module does not import here: {e}")
     finally:
         for n in stub_names:
-            _sys.modules.pop(n, None)
+            sys.modules.pop(n, None)
     return reconstruct_tree.reconstruct_indices_from_tree_mask_triton
 
 
