@@ -133,7 +133,7 @@ class BudgetPlanner:
         self.stats["steps"] += 1
         self.stats["rows"] += len(req_ids)
         self.stats["budget_sum"] += sum(plan.values())
-        self.stats["off_rows"] += sum(1 for b in plan.values() if b == 0)
+        self.stats["off_rows"] += n_off
         return plan
 
     def _period_for(self, n_off: int, batch: int) -> int:
@@ -149,9 +149,10 @@ class BudgetPlanner:
 
     def shadow(self, req_id) -> bool:
         """Should a request with budget 0 draft an unsent token this step? (Call once per step.)"""
+        # no last shadow: the request has just gone off (turning on forgets it), or never drafted
         n = self._off_steps.get(req_id, 0)
         last = self._last_shadow.get(req_id)
-        if n == 1 or last is None or n - last >= self._shadow_period:
+        if last is None or n - last >= self._shadow_period:
             self._last_shadow[req_id] = n
             return True
         return False

@@ -31,6 +31,8 @@ VLLM_PROPOSER_CLASS = "specplug.engines.vllm.proposer.SpecplugProposer"
 VLLM_PAYLOAD_KEY = "specplug"
 # Environment variable that carries a config to SGLang's processes (engines/sglang/settings.py).
 SGLANG_CONFIG_ENV = "SPECPLUG_CONFIG"
+# SGLang algorithm names are this prefix + the method, upper-cased (SPECPLUG_SUFFIX).
+SGLANG_ALGORITHM_PREFIX = "SPECPLUG_"
 
 
 class SpecplugConfigError(ValueError):
@@ -164,7 +166,7 @@ class SpecplugConfig(BaseModel):
 
         os.environ[SGLANG_CONFIG_ENV] = self.to_json()
         return {
-            "speculative_algorithm": "SPECPLUG_" + self.method.upper(),
+            "speculative_algorithm": SGLANG_ALGORITHM_PREFIX + self.method.upper(),
             "speculative_num_draft_tokens": self.num_speculative_tokens + 1,
         }
 

@@ -129,23 +129,6 @@ class SuffixProposer(Proposer):
         req.local.append(token)
         req.unfolded += 1
 
-    @staticmethod
-    def _fold(trie: SuffixTrie, match: list[int], token: int) -> list[int]:
-        """The match after one more token: the node of context[-(p+1):] is the child, by the new
-        token, of the node of the old context[-p:]; the list stays contiguous from p = 1."""
-        new = []
-        first = trie.child(0, token)
-        if first >= 0:
-            new.append(first)
-            for node in match:
-                if trie.depth[node] >= trie.max_depth:
-                    break
-                nxt = trie.child(node, token)
-                if nxt < 0:
-                    break
-                new.append(nxt)
-        return new
-
     # ------------------------------------------------------------------ drafting
     def _sync(self, r: ReqState) -> _Request:
         req = self._reqs.get(r.req_id)
@@ -169,7 +152,7 @@ class SuffixProposer(Proposer):
         elif req.unfolded:
             tokens = req.tokens
             for t in tokens[len(tokens) - req.unfolded :]:
-                req.global_match = self._fold(trie, req.global_match, t)
+                req.global_match = trie.extend_match(req.global_match, t)
         req.unfolded = 0
         return req.global_match
 

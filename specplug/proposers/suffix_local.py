@@ -49,12 +49,11 @@ class ContinuationTrie:
 class LocalContext:
     def __init__(self, max_depth: int, tokens=()):
         self.max_depth = max_depth
-        self.tokens: list[int] = []
-        self._buf = np.empty(max(64, 2 * len(tokens)), np.int64)
-        self._where: dict[int, list[int]] = {}  # token -> positions, ascending
         # a prompt in bulk (what append() does per token; a new request's prompt is paid inside
         # the engine step that admits it)
-        self.tokens = [int(t) for t in tokens]
+        self.tokens: list[int] = [int(t) for t in tokens]
+        self._buf = np.empty(max(64, 2 * len(self.tokens)), np.int64)
+        self._where: dict[int, list[int]] = {}  # token -> positions, ascending
         self._buf[: len(self.tokens)] = self.tokens
         where = self._where
         for i, t in enumerate(self.tokens):

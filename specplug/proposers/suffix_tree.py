@@ -161,6 +161,22 @@ class SuffixTrie:
         return self.num_nodes * NODE_BYTES + 8 * sum(len(s) for s, _ in self._seqs.values())
 
     # ------------------------------------------------------------------ matching
+    def extend_match(self, match: list[int], token: int) -> list[int]:
+        """``match`` (as returned by ``match``) after one more context token: the node of
+        context[-(p+1):] is the child, by the new token, of the node of the old context[-p:]."""
+        new = []
+        first = self.child(0, token)
+        if first >= 0:
+            new.append(first)
+            for node in match:
+                if self.depth[node] >= self.max_depth:
+                    break
+                nxt = self.child(node, token)
+                if nxt < 0:
+                    break
+                new.append(nxt)
+        return new
+
     def match(self, context, max_len: int) -> list[int]:
         """Node ids of context[-p:] for p = 1..max_len while they exist (stops at the first miss:
         a longer suffix cannot match if a shorter one does not)."""

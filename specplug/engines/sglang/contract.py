@@ -71,7 +71,7 @@ REQUIREMENTS = (
                         "output_ids")),
     Requirement(f"{_W}._prepare_for_speculative_decoding", params=("self", "batch"),
                 source=("self._prepare_draft_tokens(batch)",)),
-    Requirement(f"{_W}._update_ngram_corpus", params=("self", "batch"), source=("self.ngram_corpus.batch_put",)),
+    Requirement(f"{_W}._update_ngram_corpus", params=("self", "batch")),  # replaced by a no-op
     Requirement(f"{_W}.forward_batch_generation", params=("self", "batch", "on_publish"),
                 source=("self._prepare_for_speculative_decoding(batch)", "self._update_ngram_corpus(batch)",
                         "self.ngram_corpus.erase_match_state", "eagle_sample(")),

@@ -16,15 +16,14 @@ import dataclasses
 import json
 import os
 
-from specplug.config import SGLANG_CONFIG_ENV, SpecplugConfig, SpecplugConfigError
+from specplug.config import SGLANG_ALGORITHM_PREFIX, SGLANG_CONFIG_ENV, SpecplugConfig, SpecplugConfigError
 from specplug.proposers import available_methods
 
 CONFIG_ENV = SGLANG_CONFIG_ENV
-PREFIX = "SPECPLUG_"
 
 
 def algorithm_name(method: str) -> str:
-    return PREFIX + method.upper()
+    return SGLANG_ALGORITHM_PREFIX + method.upper()
 
 
 def algorithm_names() -> dict[str, str]:

@@ -7,10 +7,12 @@ target-only tree sampling, exact for deterministic drafts), moving the accepted 
 front, `on_publish`, the radix-cache commit by the scheduler and the overlap relay. The methods
 replaced here are the ones that talk to NGRAM's C++ corpus:
 - ``__init__``: no corpus is built; ``self.ngram_corpus`` is a small adapter over `DraftSource`
-  (NGRAMWorker calls its ``batch_put``, ``erase_match_state`` and ``reset``);
+  (NGRAMWorker still calls its ``erase_match_state`` and ``reset``);
 - ``_prepare_draft_tokens``: each request's whole history (NGRAM only passes the last
   ``max_trie_depth`` tokens) with the same overlap splice as NGRAM; drafting.py keeps the
-  histories and reads only new tokens; layout.py lays the trees out.
+  histories and reads only new tokens; layout.py lays the trees out;
+- ``_update_ngram_corpus``: nothing to do (NGRAM's would build each request's tail for its corpus
+  every round): the next round's histories carry the commits.
 """
 
 from __future__ import annotations
@@ -28,16 +30,10 @@ logger = logging.getLogger("sglang.specplug")
 
 
 class _CorpusAdapter:
-    """The part of NgramCorpus's interface NGRAMWorker calls outside `_prepare_draft_tokens`."""
+    """The part of NgramCorpus's interface NGRAMWorker calls outside the methods replaced here."""
 
     def __init__(self, source: DraftSource):
         self.source = source
-
-    def batch_put(self, batch_tokens) -> None:
-        pass  # commits reach the proposer through the next round's histories (drafting.py)
-
-    def synchronize(self) -> None:
-        pass
 
     def erase_match_state(self, req_ids) -> None:
         self.source.erase(req_ids)
@@ -71,21 +67,19 @@ class SpecplugNgramWorker(NGRAMWorker):
                     settings.config.method, "tree" if settings.config.tree else "chain", settings.width,
                     "on" if self.enable_overlap else "off")
 
+    def _update_ngram_corpus(self, batch) -> None:
+        pass  # commits reach the proposer through the next round's histories (drafting.py)
+
     def _prepare_draft_tokens(self, batch):
-        bs = len(batch.reqs)
-        stride = self.draft_token_num
         # as NGRAMWorker: in overlap mode the last round's accepted tokens are not yet in
-        # req.output_ids; _update_ngram_corpus reads the same staging afterwards
-        use_prev_tokens = self.enable_overlap and not batch.grammar_needs_sync()
-        if use_prev_tokens:
+        # req.output_ids, so they are spliced on from the relayed verify result
+        spliced = None
+        if self.enable_overlap and not batch.grammar_needs_sync():
             prev_ids, prev_lens = batch.spec_info.accept_tokens, batch.spec_info.accept_lens
             if not prev_ids.is_cpu:
                 prev_ids, prev_lens = prev_ids.cpu(), prev_lens.cpu()
-            self.prev_token_ids, self.prev_accept_lens = prev_ids.tolist(), prev_lens.tolist()
-        else:
-            self.prev_token_ids, self.prev_accept_lens = [], [0] * bs
-        spliced = ([self.prev_token_ids[i * stride : i * stride + self.prev_accept_lens[i]] for i in range(bs)]
-                   if use_prev_tokens else None)
+            prev_ids, prev_lens, stride = prev_ids.tolist(), prev_lens.tolist(), self.draft_token_num
+            spliced = [prev_ids[i * stride : i * stride + n] for i, n in enumerate(prev_lens)]
         # the draft source reads only the tokens it has not seen yet (no per-round context copies)
         return self.draft_source.draft([req.rid for req in batch.reqs],
                                        [req.origin_input_ids_unpadded for req in batch.reqs],
