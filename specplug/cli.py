@@ -13,6 +13,7 @@ from specplug import __version__
 SUBCOMMANDS = [
     "specplug.commands.check",
     "specplug.commands.models",
+    "specplug.commands.zoo",
     "specplug.commands.bench",
     "specplug.commands.trace",
     "specplug.commands.replay",

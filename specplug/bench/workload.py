@@ -22,12 +22,27 @@ SHIPPED = {
 }
 
 
+# Built on the fly: the held-out files of the zoo models' corpus (specplug/zoo/corpus.py), as
+# code-completion prompts (the trained zoo target is a code model without a chat template).
+STDLIB_HELD_OUT = "stdlib-held-out"
+STDLIB_PROMPT_CHARS = 1200
+
+
+def stdlib_held_out_rows() -> list[dict]:
+    from specplug.zoo import corpus
+
+    return [{"question_id": f.relpath, "category": "code", "turns": [f.text[:STDLIB_PROMPT_CHARS]]}
+            for f in corpus.split(corpus.corpus_files())[1] if len(f.text) >= STDLIB_PROMPT_CHARS]
+
+
 def shipped_dataset(name: str = "spec-bench") -> Path:
     return Path(str(resources.files("specplug") / "data" / SHIPPED[name]))
 
 
 def load_questions(path: str | Path | None = None) -> list[dict]:
     """Spec-Bench `question.jsonl` rows ({question_id, category, turns}); the shipped subset by default."""
+    if str(path) == STDLIB_HELD_OUT:
+        return stdlib_held_out_rows()
     p = shipped_dataset(str(path or "spec-bench")) if str(path or "spec-bench") in SHIPPED else Path(path)
     if not p.is_file():
         raise ValueError(f"dataset: file not found: {p}")

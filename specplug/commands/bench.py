@@ -13,11 +13,13 @@ from pathlib import Path
 
 
 def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2' (built offline from the packaged GGUF) or a local HF folder")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (built offline from the packaged GGUF), 'zoo-target' (trained here; use "
+                   "--dataset stdlib-held-out) or a local HF folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="float32 (default) keeps greedy verification exact; bf16 can flip near-ties (docs/benchmarks.md)")
     p.add_argument("--dataset", default=None, help="'spec-bench' (default: the shipped Spec-Bench subset), 'repetitive' (shipped copy-heavy "
-                        "code edits and rewrites) or a path to a Spec-Bench-format question.jsonl")
+                        "code edits and rewrites), 'stdlib-held-out' (code prompts: the zoo models' held-out files) or a path to a "
+                        "Spec-Bench-format question.jsonl")
     p.add_argument("--categories", nargs="*", default=None, help="only these categories")
     p.add_argument("--num-prompts", type=int, default=num_prompts)
     p.add_argument("--max-tokens", type=int, default=max_tokens)

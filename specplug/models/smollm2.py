@@ -134,7 +134,11 @@ def resolve_model(name_or_path: str, dtype: str = "bfloat16") -> str:
         from specplug.models.tiny import build_tiny_llama
 
         return str(build_tiny_llama())
+    if name_or_path.lower() in ("zoo-target", "zoo-draft"):  # trained here (specplug/zoo, docs/models.md)
+        from specplug.zoo import zoo_model
+
+        return str(zoo_model(name_or_path.lower().split("-")[1]))
     raise ValueError(
         f"model: {name_or_path!r} is neither a local folder nor a known model "
-        f"({', '.join(sorted([*MODEL_ALIASES, 'tiny']))}); no model hub is contacted"
+        f"({', '.join(sorted([*MODEL_ALIASES, 'tiny', 'zoo-target', 'zoo-draft']))}); no model hub is contacted"
     )

@@ -1,0 +1,89 @@
+"""The reference models trained here (specplug/zoo), in real vLLM: each shipped decoder loads and
+its greedy output equals transformers' on the same weights; on the trained target, specplug's
+proposers are lossless and accept real drafts (a model that learned code, not a random one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from specplug.bench.suite import Variant, run_variant
+from specplug.config import SpecplugConfig
+
+pytestmark = pytest.mark.integration
+
+NUM_PROMPTS, PROMPT_TOKENS, MAX_TOKENS = 6, 64, 48
+
+
+@pytest.fixture(scope="module")
+def code_prompts():
+    """The first tokens of held-out standard-library files (never trained on)."""
+    from transformers import AutoTokenizer
+
+    from specplug.zoo import corpus, zoo_model
+
+    tok = AutoTokenizer.from_pretrained(zoo_model("target"))
+    held = corpus.split(corpus.corpus_files())[1]
+    ids = [tok(f.text)["input_ids"][:PROMPT_TOKENS] for f in held]
+    return [p for p in ids if len(p) == PROMPT_TOKENS][:NUM_PROMPTS]
+
+
+def _request(model: str, prompts, concurrency: int = 1) -> dict:
+    return {"model": model, "dtype": "float32", "max_model_len": 512, "max_tokens": MAX_TOKENS,
+            "prompts": prompts, "phases": [{"name": "batch", "concurrency": concurrency}]}
+
+
+def _transformers_greedy(folder, prompts) -> list[list[int]]:
+    import torch
+
+    from specplug.zoo.shipped import load_for_eval
+
+    model = load_for_eval(folder)
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = torch.tensor([p])
+            for _ in range(MAX_TOKENS):
+                nxt = model(input_ids=ids).logits[0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+                if int(nxt) == 1:  # </s>: vLLM stops there too
+                    break
+            out.append(ids[0, len(p):].tolist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def target_baseline(code_prompts, tmp_path_factory):
+    from specplug.zoo import zoo_model
+
+    res = run_variant(Variant("none", None), _request(str(zoo_model("target")), code_prompts),
+                      tmp_path_factory.mktemp("zoo"))
+    assert res.get("ok"), res.get("error")
+    return res["phases"]["batch"]
+
+
+@pytest.mark.parametrize("name", ["target", "draft"])
+def test_vllm_serves_the_shipped_decoder_like_transformers(name, code_prompts, target_baseline, tmp_path):
+    from specplug.zoo import zoo_model
+
+    folder = zoo_model(name)
+    if name == "target":
+        got = target_baseline["outputs"]
+    else:
+        res = run_variant(Variant("none", None), _request(str(folder), code_prompts), tmp_path)
+        assert res.get("ok"), res.get("error")
+        got = res["phases"]["batch"]["outputs"]
+    assert got == _transformers_greedy(folder, code_prompts)
+    assert len({tuple(o) for o in got}) == len(got)  # different files, different continuations
+
+
+@pytest.mark.parametrize("config", ["suffix.yaml", "recycling.yaml"])
+def test_specplug_on_the_trained_target_is_lossless_and_accepts_drafts(config, configs_dir, code_prompts,
+                                                                        target_baseline, tmp_path):
+    from specplug.zoo import zoo_model
+
+    cfg = SpecplugConfig.from_yaml(configs_dir / config)
+    res = run_variant(Variant(config, cfg.to_vllm()), _request(str(zoo_model("target")), code_prompts), tmp_path)
+    assert res.get("ok"), res.get("error")
+    got = res["phases"]["batch"]
+    assert got["outputs"] == target_baseline["outputs"]
+    assert got["num_drafts"] > 0 and got["num_accepted_tokens"] > 0
