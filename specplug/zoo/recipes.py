@@ -13,14 +13,11 @@ from dataclasses import asdict, dataclass
 VOCAB_SIZE = 4096
 
 
-@dataclass(frozen=True)
-class DecoderRecipe:
+@dataclass(frozen=True, kw_only=True)
+class TrainingRecipe:
+    """What the shared training loop (train.train_model) reads; each model adds its architecture."""
+
     name: str
-    num_hidden_layers: int
-    hidden_size: int = 256
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 4
-    intermediate_size: int = 768
     seq_len: int = 256
     batch_size: int = 16
     steps: int = 1000
@@ -30,35 +27,34 @@ class DecoderRecipe:
     seed: int = 0
     eval_windows: int = 96  # held-out windows of seq_len tokens for the printed loss
 
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecoderRecipe(TrainingRecipe):
+    num_hidden_layers: int
+    hidden_size: int = 256
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    intermediate_size: int = 768
+
     def llama_config(self) -> dict:
         return dict(vocab_size=VOCAB_SIZE, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
                     num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
                     num_key_value_heads=self.num_key_value_heads, max_position_embeddings=2048,
                     tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=2, rope_theta=10000.0)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
+@dataclass(frozen=True, kw_only=True)
+class DiffusionRecipe(TrainingRecipe):
+    """The block-diffusion drafter (specplug/zoo/diffusion.py)."""
 
-@dataclass(frozen=True)
-class DiffusionRecipe:
-    """The block-diffusion drafter (specplug/zoo/diffusion.py): its architecture and the same
-    training fields as a decoder's (the shared loop reads seq_len .. seed)."""
-
-    name: str
     hidden_size: int = 256
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 768
     block_size: int = 8
-    seq_len: int = 256
-    batch_size: int = 16
-    steps: int = 1000
-    lr: float = 2e-3
-    warmup: int = 50
-    weight_decay: float = 0.1
-    seed: int = 2
-    eval_windows: int = 96
 
     def diffusion_config(self):
         from specplug.zoo.diffusion import DiffusionConfig
@@ -67,14 +63,11 @@ class DiffusionRecipe:
                                num_heads=self.num_heads, intermediate_size=self.intermediate_size,
                                block_size=self.block_size)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
-
-TARGET = DecoderRecipe("target", num_hidden_layers=8, steps=1500, seed=0)
-DRAFT = DecoderRecipe("draft", num_hidden_layers=2, steps=800, seed=1)
+TARGET = DecoderRecipe(name="target", num_hidden_layers=8, steps=1500, seed=0)
+DRAFT = DecoderRecipe(name="draft", num_hidden_layers=2, steps=800, seed=1)
 DECODERS = {r.name: r for r in (TARGET, DRAFT)}
-DLLM = DiffusionRecipe("dllm", steps=400, seed=2)
+DLLM = DiffusionRecipe(name="dllm", steps=400, seed=2)
 ALL = {**DECODERS, DLLM.name: DLLM}
 
 
