@@ -19,12 +19,10 @@ def code_prompts():
     """The first tokens of held-out standard-library files (never trained on)."""
     from transformers import AutoTokenizer
 
-    from specplug.zoo import corpus, zoo_model
+    from specplug.zoo import zoo_model
+    from specplug.zoo.samples import held_out_prompts
 
-    tok = AutoTokenizer.from_pretrained(zoo_model("target"))
-    held = corpus.split(corpus.corpus_files())[1]
-    ids = [tok(f.text)["input_ids"][:PROMPT_TOKENS] for f in held]
-    return [p for p in ids if len(p) == PROMPT_TOKENS][:NUM_PROMPTS]
+    return held_out_prompts(AutoTokenizer.from_pretrained(zoo_model("target")), NUM_PROMPTS, PROMPT_TOKENS)
 
 
 def _request(model: str, prompts, concurrency: int = 1) -> dict:

@@ -8,7 +8,6 @@ within ``LOSS_TOLERANCE`` (floating-point reductions differ across CPUs and thre
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from pathlib import Path
@@ -20,7 +19,7 @@ from specplug.zoo import corpus, diffusion, recipes, shipped, tokenizer, train
 LOSS_TOLERANCE = 0.03  # relative, for a rebuild on another CPU / torch / thread count
 
 
-def _streams(work: Path, files, progress: bool):
+def _streams(work: Path, files):
     """(tokenizer folder, train stream, held-out stream, digest), cached by corpus digest."""
     digest = corpus.corpus_digest(files)
     tok_dir = work / "tokenizer"
@@ -45,7 +44,7 @@ def build(out: Path, names=tuple(recipes.ALL), steps: int | None = None, threads
     files = corpus.corpus_files(corpus_root)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    tok_dir, train_stream, held_stream, digest = _streams(work, files, progress)
+    tok_dir, train_stream, held_stream, digest = _streams(work, files)
     n_held = sum(f.held_out for f in files)
     log(f"zoo: corpus {len(files)} files ({n_held} held out), digest {digest[:12]}; "
         f"{len(train_stream)} train / {len(held_stream)} held-out tokens")
@@ -71,7 +70,7 @@ def build(out: Path, names=tuple(recipes.ALL), steps: int | None = None, threads
         loss = train.held_out_loss(load(folder), held_stream, recipe, loss_fn)  # the model as shipped
         info.update(held_out_loss=round(loss, 4), held_out_loss_kind=what,
                     held_out_perplexity=round(math.exp(loss), 2), uniform_perplexity=recipes.VOCAB_SIZE)
-        manifests[name] = export(model, tok_dir, folder, info)
+        manifests[name] = shipped.write_manifest(folder, info)
         log(f"zoo: {name}: {info['parameters'] / 1e6:.2f}M parameters, {recipe.steps} steps in "
             f"{seconds / 60:.1f} min, held-out {what} loss {loss:.3f} nats (perplexity {math.exp(loss):.1f}; "
             f"uniform {recipes.VOCAB_SIZE})")
@@ -93,7 +92,3 @@ def compare_with_shipped(name: str, manifest: dict) -> str:
     return (f"{name}: weights differ from the shipped ones (torch {manifest['torch']} vs {ref['torch']}, "
             f"{manifest['threads']} vs {ref['threads']} threads); held-out loss {manifest['held_out_loss']} vs "
             f"{ref['held_out_loss']} ({rel:.1%}, {verdict} the {LOSS_TOLERANCE:.0%} tolerance)")
-
-
-def dumps(manifest: dict) -> str:
-    return json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2, sort_keys=True)

@@ -8,10 +8,11 @@ is measured on those widened weights, i.e. on the model as shipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
+
+from specplug.models.smollm2 import sha256_file
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 NAMES = ("target", "draft", "dllm")
@@ -21,14 +22,6 @@ MANIFEST = "specplug_zoo.json"
 
 class ZooError(RuntimeError):
     """A shipped model is missing or does not match its manifest; the message says what to do."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_decoder(model, tokenizer_dir: Path, out_dir: Path, info: dict) -> dict:
@@ -52,6 +45,11 @@ def export_decoder(model, tokenizer_dir: Path, out_dir: Path, info: dict) -> dic
 def _finish(out_dir: Path, tokenizer_dir: Path, info: dict) -> dict:
     for f in sorted(Path(tokenizer_dir).iterdir()):
         (out_dir / f.name).write_bytes(f.read_bytes())
+    return write_manifest(out_dir, info)
+
+
+def write_manifest(out_dir: Path, info: dict) -> dict:
+    """``info`` + the sha256 of every file in ``out_dir`` (the weights are not rewritten)."""
     files = {f.name: sha256_file(f) for f in sorted(out_dir.iterdir()) if f.name != MANIFEST}
     manifest = dict(info, files=files)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
