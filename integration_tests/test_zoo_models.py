@@ -4,6 +4,8 @@ proposers are lossless and accept real drafts (a model that learned code, not a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from specplug.bench.suite import Variant, run_variant
@@ -85,3 +87,35 @@ def test_specplug_on_the_trained_target_is_lossless_and_accepts_drafts(config, c
     got = res["phases"]["batch"]
     assert got["outputs"] == target_baseline["outputs"]
     assert got["num_drafts"] > 0 and got["num_accepted_tokens"] > 0
+
+
+@pytest.mark.parametrize("config", ["dyspec.yaml", "dyspec-tree.yaml", "dllm.yaml", "swift.yaml"])
+def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_prompts, target_baseline, tmp_path):
+    """dyspec (draft decoder, chains and trees), dllm (block-diffusion drafter) and swift (the
+    target's own weights, layers skipped, skip set searched while serving) inside vLLM.
+    The controller is off so every step drafts: the point is exactness with real drafts."""
+    from specplug.zoo import zoo_model
+
+    d = {**SpecplugConfig.from_yaml(configs_dir / config).to_dict(), "controller": "off"}
+    if d["method"] == "swift":  # search from scratch, and keep the found set out of the user's cache
+        d["swift"] = dict(d["swift"], cache_file=str(tmp_path / "skip-sets.json"), context_window=16)
+    cfg = SpecplugConfig.from_dict(d)
+    res = run_variant(Variant(config, cfg.to_vllm()), _request(str(zoo_model("target")), code_prompts), tmp_path)
+    assert res.get("ok"), res.get("error")
+    got = res["phases"]["batch"]
+    assert got["outputs"] == target_baseline["outputs"]
+    assert got["num_drafts"] > 0 and got["num_accepted_tokens"] > 0
+    if d["method"] == "swift":  # the search ran inside the engine and saved what it found
+        saved = json.loads((tmp_path / "skip-sets.json").read_text())
+        assert list(saved) == [f"{zoo_model('target').resolve()}::default"]
+
+
+def test_a_drafter_with_another_tokenizer_is_refused_naming_both(tiny_model, tmp_path):
+    """The zoo draft model against the tiny random target (its own tokenizer): vLLM must not start."""
+    cfg = SpecplugConfig(method="dyspec", dyspec={"draft_model": "zoo-draft"})
+    res = run_variant(Variant("dyspec", cfg.to_vllm()), _request(str(tiny_model), [[5, 6, 7]]), tmp_path)
+    assert not res.get("ok")
+    # vLLM's engine core fails at startup; the reason is in the engine process's log
+    log = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert "dyspec.draft_model: the drafter" in log, log[-3000:]
+    assert "different tokenizers" in log and str(tiny_model) in log and "zoo/weights/draft" in log

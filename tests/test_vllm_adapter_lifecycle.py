@@ -48,7 +48,8 @@ def make(fail=False, k=4, max_len=64, controller="off"):
                          recording_for_tests={"fail": fail})
     vc = SimpleNamespace(additional_config={"specplug": cfg.to_dict()},
                          speculative_config=SimpleNamespace(num_speculative_tokens=k),
-                         model_config=SimpleNamespace(max_model_len=max_len))
+                         model_config=SimpleNamespace(max_model_len=max_len, model="/fake-target",
+                                                      get_vocab_size=lambda: 1000))
     p = SpecplugProposer(vc)
     RecordingProposer.log = p.proposer.log = []
     return p

@@ -48,6 +48,11 @@ def vllm_builtin_variants(k: int = 4, suffix_tokens: int = 16) -> list[Variant]:
     return out
 
 
+def vllm_draft_model_variant(draft_folder: str, k: int) -> Variant:
+    """vLLM's own draft-model speculation (the baseline of specplug dyspec, same draft model)."""
+    return Variant("vllm draft_model", {"method": "draft_model", "model": draft_folder, "num_speculative_tokens": k})
+
+
 def specplug_variants(config_paths: list[str | Path]) -> list[Variant]:
     from specplug.config import SpecplugConfig
 

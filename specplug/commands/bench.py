@@ -30,7 +30,16 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--single-prompts", type=int, default=4, help="prompts used for concurrency 1 (sequential requests)")
     p.add_argument("--config", action="append", default=None,
                    help="specplug YAML(s) to compare (default: every available method with default options)")
-    p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix")
+    p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix (and draft_model)")
+    p.add_argument("--draft-model", default=None,
+                   help="draft decoder with the target's tokenizer, for specplug dyspec and vLLM's own draft_model "
+                        "method (a folder, or zoo-draft; default: zoo-draft when --model is zoo-target, else none)")
+    p.add_argument("--dllm-model", default=None,
+                   help="block-diffusion drafter for specplug dllm (a folder, or zoo-dllm; default: zoo-dllm when "
+                        "--model is zoo-target, else none)")
+    p.add_argument("--draft-budget", type=int, default=8,
+                   help="draft tokens per step for the model-based methods: vLLM draft_model's k, dyspec's chain "
+                        "length and tree node budget, dllm's block")
     p.add_argument("--ablate-controller", action="store_true",
                    help="also run every specplug config with the goodput controller off (always draft up to the cap)")
     p.add_argument("--ablate-plain-steps", action="store_true",
@@ -64,18 +73,50 @@ def add_parser(sub) -> None:
     b.set_defaults(func=run, out_default="specplug-bench")
 
 
-def default_specplug_variants():
+# methods that need a drafter model, and the command-line option that names it
+DRAFTER_METHODS = {"dyspec": "draft_model", "dllm": "dllm_model"}
+
+
+def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swift: bool = False):
+    """Every model-free method with its defaults (16 draft tokens), and the drafter methods whose
+    drafter is given (``drafters``: option name -> folder) at ``budget`` draft tokens; dyspec
+    also as a tree of that many nodes. ``swift`` (at ``budget``) only when asked: it runs a second
+    copy of the target in plain torch on the CPU, which on SmolLM2 costs more than it saves and
+    would slow the demo down (include it with --config configs/swift.yaml)."""
     from specplug.bench.suite import Variant
     from specplug.config import SpecplugConfig
     from specplug.proposers import available_methods
 
+    drafters = drafters or {}
     out = []
     for m in available_methods():
-        if m.endswith("_for_tests"):
+        if m.endswith("_for_tests") or (m == "swift" and not swift):
+            continue
+        if m == "swift":
+            cfg = SpecplugConfig(method=m, num_speculative_tokens=budget)
+            out.append(Variant(f"specplug {m}", cfg.to_vllm()))
+            continue
+        if m in DRAFTER_METHODS:
+            folder = drafters.get(DRAFTER_METHODS[m])
+            if folder is None:
+                continue
+            for tree in ((False, True) if m == "dyspec" else (False,)):
+                cfg = SpecplugConfig(method=m, num_speculative_tokens=budget, tree=tree, **{m: {"draft_model": folder}})
+                out.append(Variant(f"specplug {m}" + (" (tree)" if tree else ""), cfg.to_vllm()))
             continue
         cfg = SpecplugConfig(method=m, num_speculative_tokens=16)
         out.append(Variant(f"specplug {m}", cfg.to_vllm()))
     return out
+
+
+def _drafters(args) -> dict:
+    """--draft-model / --dllm-model resolved to folders (zoo defaults for the zoo target)."""
+    from specplug.proposers.drafters import resolve_drafter
+
+    zoo = str(args.model).lower() == "zoo-target"
+    names = {"draft_model": args.draft_model or ("zoo-draft" if zoo else None),
+             "dllm_model": args.dllm_model or ("zoo-dllm" if zoo else None)}
+    return {k: str(resolve_drafter(v, "--" + k.replace("_", "-"))) for k, v in names.items() if v}
 
 
 def run(args) -> int:
@@ -107,9 +148,14 @@ def run(args) -> int:
         variants = [suite.Variant("no speculation", None)]
         if args.sync_baseline:
             variants.append(suite.sync_baseline())
+        drafters = _drafters(args)
         if not args.no_builtin:
             variants += suite.vllm_builtin_variants()
-        specplug = suite.specplug_variants(args.config) if args.config else default_specplug_variants()
+            if "draft_model" in drafters:
+                variants.append(suite.vllm_draft_model_variant(drafters["draft_model"], args.draft_budget))
+        specplug = (suite.specplug_variants(args.config) if args.config
+                    else default_specplug_variants(drafters, args.draft_budget,
+                                                   swift=str(args.model).lower() == "zoo-target"))
         variants += specplug
         ablated = suite.without_controller(specplug) if args.ablate_controller else []
         variants += ablated

@@ -56,3 +56,6 @@ __all__ = [
 register("suffix", "specplug.proposers.suffix:SuffixProposer")
 register("recycling", "specplug.proposers.recycling:RecyclingProposer")
 register("rasd", "specplug.proposers.rasd:RasdProposer")
+register("dyspec", "specplug.proposers.dyspec:DySpecProposer")
+register("dllm", "specplug.proposers.dllm:DllmProposer")
+register("swift", "specplug.proposers.swift:SwiftProposer")

@@ -76,6 +76,10 @@ class Proposer(ABC):
         self.options = options
         self.num_speculative_tokens = num_speculative_tokens
 
+    def bind_target(self, target) -> None:
+        """The engine adapter names the target model (``specplug.proposers.drafters.TargetInfo``)
+        before the first request; proposers with a drafter refuse one that does not fit it."""
+
     def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
         """A request arrives (or a req_id is reused: forget its previous state first)."""
 

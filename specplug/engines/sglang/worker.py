@@ -23,8 +23,10 @@ from sglang.srt.runtime_context import get_device, get_schedule, get_spec
 from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_worker import NGRAMWorker
 
+from specplug.engines.sglang import contract
 from specplug.engines.sglang.drafting import DraftSource
 from specplug.engines.sglang.settings import load_settings
+from specplug.proposers.drafters import TargetInfo
 
 logger = logging.getLogger("sglang.specplug")
 
@@ -62,6 +64,15 @@ class SpecplugNgramWorker(NGRAMWorker):
         self.grammar_tree_host = None
         settings = load_settings(spec.speculative_algorithm, self.draft_token_num)
         self.draft_source = DraftSource(settings.config, settings.width)
+        # a drafter must share the target's tokenizer: refuse at startup, naming both
+        # (ModelConfig's module cannot be read by the source-level contract check on a CPU
+        # machine, so its two attributes are checked here, where they are used)
+        mc = getattr(self.model_runner, "model_config", None)
+        missing = [a for a in ("model_path", "vocab_size") if not hasattr(mc, a)]
+        if missing:
+            raise RuntimeError(f"specplug: sglang {contract.installed_version()} ModelRunner.model_config has no "
+                               f"{missing}; this SGLang version is not supported")
+        self.draft_source.proposer.bind_target(TargetInfo(str(mc.model_path), int(mc.vocab_size)))
         self.ngram_corpus = _CorpusAdapter(self.draft_source)
         logger.info("specplug: %s proposer drafting for SGLang's NGRAM verify path (%s, width %d, overlap %s)",
                     settings.config.method, "tree" if settings.config.tree else "chain", settings.width,

@@ -59,6 +59,9 @@ REQUIREMENTS = (
     Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner.initialize_kv_cache", source=("self.kv_cache_config =",)),
     Requirement("vllm.v1.kv_cache_interface:KVCacheGroupSpec", fields=("kv_cache_spec",)),
     Requirement("vllm.v1.kv_cache_interface:AttentionSpec"),
+    # drafters are checked against the target's folder and vocabulary (SpecplugProposer.__init__)
+    Requirement("vllm.config:ModelConfig", fields=("model",)),
+    Requirement("vllm.config:ModelConfig.get_vocab_size", params=("self",)),
     Requirement("vllm.v1.worker.gpu_input_batch:InputBatch.__init__",
                 source=("self.greedy_reqs", "self.num_computed_tokens_cpu", "self.num_logprobs")),
 )

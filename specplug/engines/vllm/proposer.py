@@ -25,6 +25,7 @@ from specplug.budgeting import BudgetPlanner
 from specplug.config import SpecplugConfig
 from specplug.engines.vllm.tree_step import tree_mode
 from specplug.proposers.base import Budget, ReqState, VerifyInfo
+from specplug.proposers.drafters import TargetInfo
 from specplug.tree import DraftTree
 
 logger = logging.getLogger("vllm.specplug")  # child of vLLM's configured logger
@@ -46,6 +47,9 @@ class SpecplugProposer:
             )
         self.config = SpecplugConfig.from_dict(payload)
         self.proposer = self.config.build_proposer()
+        # a drafter must share the target's tokenizer: refuse at startup, naming both
+        mc = vllm_config.model_config
+        self.proposer.bind_target(TargetInfo(str(mc.model), int(mc.get_vocab_size())))
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput", trace=self._open_step_trace())

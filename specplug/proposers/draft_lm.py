@@ -1,0 +1,117 @@
+"""A small causal draft LM (a transformers folder) run by the proposer itself, one KV cache per
+request.
+
+The drafter never touches the engine's paged KV: it keeps its own cache of the request's
+committed tokens (cropped to the longest prefix still valid when drafts were rejected), so a
+wrong draft can never corrupt the target's cache. Tree nodes are appended behind the committed
+tokens one *level* per forward, each attending to the committed tokens and its own ancestors
+(a custom 4D mask), then dropped again once the tree is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from specplug.proposers.drafters import common_prefix
+
+
+@dataclass
+class _Seq:
+    cache: object  # transformers DynamicCache
+    tokens: list[int] = field(default_factory=list)  # what the cache holds, in order
+
+
+def _load(folder: Path):
+    """The model in fp32, its weights read in this thread.
+
+    Not ``from_pretrained``: transformers 5 converts weights in a thread pool, and inside a vLLM
+    CPU worker (OpenMP threads pinned by vLLM, Intel OpenMP preloaded) a model loaded that way
+    made every later *target* step about 3x slower (docs/vllm.md)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors weights")
+    # sdpa takes a boolean 4D mask as given (True: may attend), which the tree levels need
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), attn_implementation="sdpa",
+                                             dtype=torch.float32)
+    state = {}
+    for f in files:
+        state.update({k: v.to(torch.float32) for k, v in load_file(f).items()})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not fit its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    return model.eval()
+
+
+class DraftLM:
+    def __init__(self, folder: Path):
+        self.model = _load(folder)
+        cfg = self.model.config
+        self.vocab_size = int(cfg.vocab_size)
+        self.max_positions = int(getattr(cfg, "max_position_embeddings", 1 << 30))
+        self._seqs: dict[str, _Seq] = {}
+
+    def drop(self, req_id: str) -> None:
+        self._seqs.pop(req_id, None)
+
+    def _cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    @staticmethod
+    def _crop(seq: _Seq, keep: int) -> None:
+        extra = seq.cache.get_seq_length() - keep  # tree nodes of an unfinished draft count too
+        if extra > 0:
+            seq.cache.crop(-extra)  # negative: remove that many tokens from the end
+        del seq.tokens[keep:]
+
+    @torch.no_grad()
+    def next_logits(self, req_id: str, tokens: list[int]) -> torch.Tensor:
+        """Logits [V] for the token after ``tokens``; afterwards the cache holds exactly ``tokens``."""
+        seq = self._seqs.get(req_id)
+        if seq is None:
+            seq = self._seqs[req_id] = _Seq(self._cache())
+        keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)  # the last token is always fed
+        self._crop(seq, keep)
+        new = tokens[keep:]
+        out = self.model(torch.tensor([new]), past_key_values=seq.cache, use_cache=True,
+                         position_ids=torch.arange(keep, len(tokens))[None])
+        seq.tokens.extend(new)
+        return out.logits[0, -1].float()
+
+    @torch.no_grad()
+    def tree_level(self, req_id: str, tokens: list[int], positions: list[int],
+                   ancestors: list[list[int]]) -> torch.Tensor:
+        """Logits [m, V] after m tree nodes fed in one forward behind the cached tokens.
+
+        ancestors[i]: cache indices (beyond the committed tokens) of node i's tree ancestors,
+        i.e. the slots earlier ``tree_level`` calls appended them at. Node i attends to every
+        committed token, those ancestors and itself; it is appended at the next free slot."""
+        seq = self._seqs[req_id]
+        past = seq.cache.get_seq_length()
+        m = len(tokens)
+        mask = torch.zeros(1, 1, m, past + m, dtype=torch.bool)
+        mask[0, 0, :, : len(seq.tokens)] = True
+        for i, anc in enumerate(ancestors):
+            if anc:
+                mask[0, 0, i, anc] = True
+            mask[0, 0, i, past + i] = True
+        out = self.model(torch.tensor([tokens]), past_key_values=seq.cache, use_cache=True,
+                         attention_mask=mask, position_ids=torch.tensor([positions]))
+        return out.logits[0].float()
+
+    def end_tree(self, req_id: str) -> None:
+        """Drop the tree nodes' cache entries: the cache holds the committed tokens again."""
+        seq = self._seqs[req_id]
+        extra = seq.cache.get_seq_length() - len(seq.tokens)
+        if extra > 0:
+            seq.cache.crop(-extra)

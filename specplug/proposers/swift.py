@@ -1,0 +1,285 @@
+"""SWIFT (Xia et al., arXiv 2410.06916): self-speculation with the target's own weights, some
+attention and MLP sub-layers skipped, the skip set searched on the fly (reference/methods.md §5).
+
+The drafter is the target model with n = int(2 (L - 2) * ``skip_ratio``) of its sub-layers
+skipped; the first and last layers never are. Each step, for every request:
+
+1. its cache (the *full* model's keys and values of the committed tokens before the root, in
+   specplug/proposers/layer_skip_lm.py) is cropped to the longest prefix still committed and
+   the newly verified tokens are fed through the full model;
+2. the skipped model drafts greedily from the root, stopping early when its top-1 probability
+   falls below ``stop_threshold`` (confidence-aware drafting), up to the budget.
+
+Skip-set search (phase 1 of the paper), one candidate per engine step until it stops:
+- candidates: a random n-subset, or every ``bayes_interval``-th one the top n coordinates of a
+  point suggested by Bayesian optimisation (``bayesian-optimization``: a GP over [0, 1]^{2(L-2)},
+  fed every scored candidate as its 0/1 indicator);
+- score ("matchness"): one teacher-forced forward of the skipped model over the last
+  ``context_window`` generated tokens, against the full cache before them: the fraction of
+  positions where its argmax is the token that came next;
+- a candidate replaces the current set when it scores higher; the search stops at
+  ``max_score`` (confidence early stop), after ``max_tolerance_iter`` candidates without gain
+  or ``max_opt_iter`` in all. The result is saved under the (model, ``task``) key in
+  ``cache_file`` and reused by later engines with the same key (no search).
+
+Drafts are deterministic (argmax chains) and verified by matching, which is exact; the search
+only changes which tokens are proposed. The target's weights are a second copy loaded by the
+proposer from the target's folder (the engine's own model object is not driven from here), on
+the CPU, with a cache of its own: nothing the drafter computes reaches the engine's KV cache.
+Trees are not built: where the engine verifies trees, the draft is still a chain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
+from specplug.proposers.drafters import DrafterError, TargetInfo, common_prefix
+from specplug.tree import DraftTree
+
+logger = logging.getLogger("vllm.specplug")
+
+
+class SkipSet(ProposerOptions):
+    attention: list[int] = Field(default_factory=list, description="layers whose attention is skipped")
+    mlp: list[int] = Field(default_factory=list, description="layers whose MLP is skipped")
+
+
+class SwiftOptions(ProposerOptions):
+    target_model: str | None = Field(None, description="folder of the target's weights (None: the folder the engine serves)")
+    skip_ratio: float = Field(0.45, gt=0.0, lt=1.0, description="fraction of the 2(L-2) skippable sub-layers skipped")
+    skip_set: SkipSet | None = Field(None, description="a fixed skip set (no search), e.g. one found earlier")
+    context_window: int = Field(32, ge=4, le=1024, description="generated tokens the matchness is scored on")
+    max_score: float = Field(0.95, gt=0.0, le=1.0, description="stop searching once a set scores this")
+    bayes_interval: int = Field(25, ge=1, description="every n-th candidate comes from Bayesian optimisation")
+    max_opt_iter: int = Field(1000, ge=1, description="candidates scored at most")
+    max_tolerance_iter: int = Field(300, ge=1, description="stop after this many candidates without improvement")
+    stop_threshold: float = Field(0.8, ge=0.0, le=1.0, description="stop drafting when the top-1 probability is lower")
+    task: str = Field("default", description="key of the saved skip set, with the model folder")
+    cache_file: str | None = Field(None, description="JSON file of skip sets per (model, task); None: not saved")
+    seed: int = Field(0, description="seed of the random and Bayesian search")
+
+    @field_validator("cache_file")
+    @classmethod
+    def _expand(cls, v):
+        return None if v is None else str(Path(v).expanduser())
+
+
+class SkipSearch:
+    """The on-the-fly search over skip sets (coordinates 0..L-3: attention of layers 1..L-2;
+    L-2..2L-5: their MLPs)."""
+
+    def __init__(self, num_layers: int, ratio: float, o: SwiftOptions):
+        self.dims = 2 * (num_layers - 2)
+        self.n = max(1, int(self.dims * ratio))
+        self.o = o
+        self.rng = np.random.default_rng(o.seed)
+        odd = [i - 1 for i in range(1, num_layers - 1, 2)]  # the paper's start: odd layers, both sub-layers
+        start = (odd + [c + num_layers - 2 for c in odd])[: self.n]
+        self.current = frozenset(start)
+        self.best = -1.0
+        self.iters = 0
+        self.tolerance = 0
+        self.done = False
+        self._bo = None
+
+    def coords_to_layers(self, coords) -> tuple[frozenset, frozenset]:
+        half = self.dims // 2
+        return (frozenset(c + 1 for c in coords if c < half), frozenset(c - half + 1 for c in coords if c >= half))
+
+    def layers_to_coords(self, attention, mlp) -> frozenset:
+        half = self.dims // 2
+        return frozenset([a - 1 for a in attention] + [m - 1 + half for m in mlp])
+
+    def _optimizer(self):
+        if self._bo is None:
+            from bayes_opt import BayesianOptimization
+
+            self._bo = BayesianOptimization(f=None, pbounds={f"x{i:03d}": (0.0, 1.0) for i in range(self.dims)},
+                                            random_state=self.o.seed, verbose=0, allow_duplicate_points=True)
+        return self._bo
+
+    def candidate(self) -> frozenset:
+        if self.iters == 0:
+            return self.current  # score the starting set first
+        if self.iters % self.o.bayes_interval == 0:
+            x = self._optimizer().suggest()
+            values = np.array([x[f"x{i:03d}"] for i in range(self.dims)])
+            return frozenset(int(i) for i in np.argsort(-values, kind="stable")[: self.n])
+        return frozenset(int(i) for i in self.rng.choice(self.dims, self.n, replace=False))
+
+    def record(self, cand: frozenset, score: float) -> None:
+        self._optimizer().register(params={f"x{i:03d}": float(i in cand) for i in range(self.dims)}, target=score)
+        self.iters += 1
+        if score > self.best:
+            self.best, self.current, self.tolerance = score, cand, 0
+        else:
+            self.tolerance += 1
+        if self.best >= self.o.max_score or self.tolerance > self.o.max_tolerance_iter or self.iters >= self.o.max_opt_iter:
+            self.done = True
+
+
+class SwiftProposer(Proposer):
+    name = "swift"
+    Options = SwiftOptions
+
+    def __init__(self, options: SwiftOptions, num_speculative_tokens: int):
+        super().__init__(options, num_speculative_tokens)
+        if options.skip_set is None:
+            try:
+                import bayes_opt  # noqa: F401
+            except ImportError:
+                raise DrafterError("swift: the skip-set search needs bayesian-optimization "
+                                   "(pip install 'specplug[swift]'), or give swift.skip_set") from None
+        self.lm = None
+        self.search: SkipSearch | None = None
+        self._caches: dict[str, tuple[list, list[int]]] = {}  # req_id -> (full-model cache, its tokens)
+        self._num_prompt: dict[str, int] = {}
+        if options.target_model is not None:
+            self._load(Path(options.target_model).expanduser())
+
+    # ------------------------------------------------------------------ model and skip set
+    def bind_target(self, target: TargetInfo) -> None:
+        if self.lm is None:
+            if target.model_path is None or not Path(target.model_path).is_dir():
+                raise DrafterError(f"swift.target_model: the engine's target {target.model_path!r} is not a local "
+                                   "folder; give the folder of its weights as swift.target_model")
+            self._load(Path(target.model_path))
+        if self.lm.vocab_size != target.vocab_size:
+            raise DrafterError(f"swift.target_model: {self.folder} has {self.lm.vocab_size} vocabulary rows but the "
+                               f"served target {target.model_path} has {target.vocab_size}: not the same model")
+
+    def _load(self, folder: Path) -> None:
+        from specplug.proposers.layer_skip_lm import LayerSkipLM
+
+        if not folder.is_dir():
+            raise DrafterError(f"swift.target_model: folder not found: {str(folder)!r}")
+        self.folder = folder
+        self.lm = LayerSkipLM(folder)
+        L = self.lm.num_layers
+        if L < 3:
+            raise DrafterError(f"swift.target_model: {folder} has {L} layers; layer skipping needs at least 3")
+        self.search = SkipSearch(L, self.options.skip_ratio, self.options)
+        fixed = self.options.skip_set or self._saved()
+        if fixed is not None:
+            bad = [i for i in (*fixed.attention, *fixed.mlp) if not 0 < i < L - 1]
+            if bad:
+                raise DrafterError(f"swift.skip_set: layers {bad} cannot be skipped (1..{L - 2}: the first and "
+                                   "last layers never are)")
+            self.search.current = self.search.layers_to_coords(fixed.attention, fixed.mlp)
+            self.search.done = True
+        logger.info("specplug: swift on %s (%d layers): %s", folder, L,
+                    "fixed skip set " + str(self.skip_layers()) if self.search.done else
+                    f"searching a skip set of {self.search.n} of {self.search.dims} sub-layers")
+
+    def _key(self) -> str:
+        return f"{self.folder.resolve()}::{self.options.task}"
+
+    def _saved(self) -> SkipSet | None:
+        path = self.options.cache_file
+        if path is None or not Path(path).is_file():
+            return None
+        entry = json.loads(Path(path).read_text()).get(self._key())
+        return None if entry is None else SkipSet(attention=entry["attention"], mlp=entry["mlp"])
+
+    def _save(self) -> None:
+        path = self.options.cache_file
+        attention, mlp = self.skip_layers()
+        logger.info("specplug: swift skip set found after %d candidates (matchness %.3f): attention %s, mlp %s",
+                    self.search.iters, self.search.best, attention, mlp)
+        if path is None:
+            return
+        p = Path(path)
+        data = json.loads(p.read_text()) if p.is_file() else {}
+        data[self._key()] = {"attention": attention, "mlp": mlp, "score": self.search.best,
+                             "candidates": self.search.iters}
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def skip_layers(self) -> tuple[list[int], list[int]]:
+        attention, mlp = self.search.coords_to_layers(self.search.current)
+        return sorted(attention), sorted(mlp)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
+        self.stop(req_id)
+        self._num_prompt[req_id] = len(prompt_ids)
+
+    def stop(self, req_id: str) -> None:
+        self._caches.pop(req_id, None)
+        self._num_prompt.pop(req_id, None)
+
+    def observe(self, req_id: str, accepted_ids, info: VerifyInfo | None = None) -> None:
+        pass  # the next propose() sees the committed tokens and crops the cache to them
+
+    # ------------------------------------------------------------------ drafting
+    def _full_cache(self, req_id: str, tokens: list[int]) -> list:
+        """The full model's cache of ``tokens`` (everything before the root)."""
+        cache, cached = self._caches.get(req_id, (None, []))
+        if cache is None:
+            cache, cached = self.lm.empty_cache(), []
+        keep = common_prefix(cached, tokens)
+        self.lm.crop(cache, keep)
+        if keep < len(tokens):
+            self.lm.forward(tokens[keep:], keep, cache)
+        self._caches[req_id] = (cache, list(tokens))
+        return cache
+
+    def matchness(self, cache, tokens: list[int], coords) -> float:
+        """Teacher-forced agreement of the skipped model with the last ``context_window`` tokens."""
+        W = self.options.context_window
+        start = len(tokens) - W - 1
+        attention, mlp = self.search.coords_to_layers(coords)
+        logits = self.lm.forward(tokens[start:-1], start, cache, attention, mlp, visible=start)
+        self.lm.crop(cache, len(tokens))
+        return float((logits.argmax(-1) == torch.tensor(tokens[start + 1 :])).float().mean())
+
+    def _maybe_search(self, batch: list[ReqState]) -> None:
+        """Score one candidate per step, on the first request with enough generated tokens."""
+        W = self.options.context_window
+        for r in batch:
+            if len(r.token_ids) - r.num_prompt_tokens < W + 1:
+                continue
+            tokens = [int(t) for t in r.token_ids]
+            cache = self._full_cache(r.req_id, tokens)
+            cand = self.search.candidate()
+            self.search.record(cand, self.matchness(cache, tokens, cand))
+            if self.search.done:
+                self._save()
+            return
+
+    def propose(self, batch: list[ReqState], budget: list[Budget]) -> list[DraftTree]:
+        if self.lm is None:
+            raise DrafterError("swift: no target weights: the engine adapter did not call bind_target and "
+                               "swift.target_model is not set")
+        if not self.search.done:
+            self._maybe_search(batch)
+        attention, mlp = self.search.coords_to_layers(self.search.current)
+        out = []
+        for r, b in zip(batch, budget):
+            tokens = [int(t) for t in r.token_ids]
+            cap = min(b.max_nodes, self.num_speculative_tokens, self.lm.max_positions - len(tokens))
+            if cap <= 0:
+                out.append(DraftTree.empty())
+                continue
+            cache = self._full_cache(r.req_id, tokens[:-1])
+            base = len(tokens) - 1
+            draft, conf, cur = [], [], tokens[-1]
+            for step in range(cap):
+                probs = self.lm.forward([cur], base + step, cache, attention, mlp)[0].softmax(-1)
+                p, t = probs.max(-1)
+                if float(p) < self.options.stop_threshold and draft:
+                    break
+                draft.append(int(t)), conf.append(float(p))
+                if float(p) < self.options.stop_threshold:
+                    break
+                cur = int(t)
+            self.lm.crop(cache, base)
+            out.append(DraftTree.chain(draft, scores=np.asarray(conf, np.float32)))
+        return out

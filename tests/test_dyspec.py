@@ -1,0 +1,195 @@
+"""DySpec: the draft LM's cache and tree levels against full recomputation, and the level-wise
+expansion against a slow oracle that recomputes every node's distribution from its whole path.
+Uses the shipped 2-layer zoo draft (real, peaked distributions) and held-out code prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from specplug.config import SpecplugConfig, SpecplugConfigError
+from specplug.proposers import Budget, ReqState
+from specplug.proposers.drafters import DrafterError, TargetInfo
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    from transformers import AutoTokenizer
+
+    from specplug.zoo import zoo_model
+    from specplug.zoo.samples import held_out_prompts
+
+    prompts = held_out_prompts(AutoTokenizer.from_pretrained(zoo_model("target")), 3, 40)
+    return {"draft": zoo_model("draft"), "target": zoo_model("target"), "prompts": prompts}
+
+
+@pytest.fixture(scope="module")
+def lm(zoo):
+    from specplug.proposers.draft_lm import DraftLM
+
+    return DraftLM(zoo["draft"])
+
+
+def full_logits(lm, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_next_logits_reuses_and_crops_the_cache(lm, zoo):
+    p = zoo["prompts"][0]
+    for ids in (p[:20], p[:30], p[:25] + [7, 8], p[:25] + [7, 8, 9], p[:10]):  # grow, diverge, shrink
+        got = lm.next_logits("r", ids)
+        torch.testing.assert_close(got, full_logits(lm, ids), atol=2e-4, rtol=1e-4)
+        assert lm._seqs["r"].tokens == ids and lm._seqs["r"].cache.get_seq_length() == len(ids)
+    lm.drop("r")
+
+
+def test_tree_levels_equal_each_path_recomputed(lm, zoo):
+    ctx = zoo["prompts"][1][:30]
+    lm.next_logits("t", ctx)
+    P = len(ctx)
+    # level 1: two siblings (slots P, P+1); level 2: a child of each, and a second child of the first
+    l1 = lm.tree_level("t", [11, 12], [P, P], [[], []])
+    l2 = lm.tree_level("t", [13, 14, 15], [P + 1] * 3, [[P], [P + 1], [P]])
+    for got, path in [(l1[0], [11]), (l1[1], [12]), (l2[0], [11, 13]), (l2[1], [12, 14]), (l2[2], [11, 15])]:
+        torch.testing.assert_close(got, full_logits(lm, ctx + path), atol=2e-4, rtol=1e-4)
+    lm.end_tree("t")
+    assert lm._seqs["t"].cache.get_seq_length() == P
+    torch.testing.assert_close(lm.next_logits("t", ctx + [5]), full_logits(lm, ctx + [5]), atol=2e-4, rtol=1e-4)
+    lm.drop("t")
+
+
+def oracle_tree(lm, ctx, budget, max_depth, topk, width, min_value, calibration):
+    """The same level-wise DySpec expansion, every distribution recomputed from the whole path."""
+    nodes = []  # (token, parent, value, depth)
+
+    def path(i):
+        out = []
+        while i >= 0:
+            out.append(nodes[i][0])
+            i = nodes[i][1]
+        return out[::-1]
+
+    def children(p, probs, base, d):
+        new = []
+        for r, t in enumerate(np.argsort(-probs, kind="stable")[:topk]):
+            v = base * calibration.prob(r, float(probs[t]))
+            if v < min_value:
+                continue
+            nodes.append((int(t), p, v, d))
+            new.append(len(nodes) - 1)
+        return new
+
+    level = children(-1, full_logits(lm, ctx).softmax(-1).numpy(), 1.0, 1)
+    for d in range(1, max_depth):
+        if not level:
+            break
+        values = [n[2] for n in nodes]
+        if len(values) >= budget and max(values[i] for i in level) <= sorted(values, reverse=True)[budget - 1]:
+            break
+        expand = sorted(level, key=lambda i: (-nodes[i][2], i))[:width]
+        level = []
+        for i in expand:
+            level += children(i, full_logits(lm, ctx + path(i)).softmax(-1).numpy(), nodes[i][2], d + 1)
+    keep = sorted(range(len(nodes)), key=lambda i: (-nodes[i][2], nodes[i][3], i))[:budget]
+    return {tuple(path(i)): nodes[i][2] for i in keep}
+
+
+def tree_paths(tree) -> dict:
+    return {tuple(int(tree.tokens[j]) for j in tree.path_to(i)): float(tree.scores[i]) for i in range(tree.num_nodes)}
+
+
+@pytest.mark.parametrize("budget,topk,width,min_value", [(16, 4, 4, 0.01), (10, 3, 2, 0.0), (6, 2, 8, 0.05)])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_expansion_equals_the_slow_oracle(zoo, budget, topk, width, min_value, calibrated):
+    cfg = SpecplugConfig(method="dyspec", num_speculative_tokens=16, tree=True,
+                         dyspec={"draft_model": str(zoo["draft"]), "topk": topk, "width": width, "min_value": min_value,
+                                 "calibrate": calibrated})
+    prop = cfg.build_proposer()
+    if calibrated:  # measured rates far from q: rank 0 accepted 90%, the others 5%
+        for b in range(10):
+            for _ in range(50):
+                prop.calibration.update(0, b / 10 + 0.05, True)
+                prop.calibration.update(1, b / 10 + 0.05, False)
+            for _ in range(5):
+                prop.calibration.update(0, b / 10 + 0.05, False)
+                prop.calibration.update(1, b / 10 + 0.05, True)
+    for i, p in enumerate(zoo["prompts"]):
+        tree = prop.propose([ReqState(str(i), np.asarray(p), 20)], [Budget(budget, tree=True)])[0]
+        want = oracle_tree(prop.lm, p, budget, budget, topk, width, min_value, prop.calibration)
+        got = tree_paths(tree)
+        assert set(got) == set(want)
+        for path, v in want.items():
+            assert got[path] == pytest.approx(v, rel=1e-3)
+        assert tree.num_nodes <= budget and all(tree.scores[c] <= tree.scores[p] for c, p in
+                                                enumerate(tree.parents) if p >= 0)
+        tree.validate(distinct_siblings=True)
+
+
+def test_calibration_learns_from_the_committed_tokens(zoo):
+    from specplug.proposers.dyspec import AcceptanceCalibration
+
+    cal = AcceptanceCalibration(prior=8.0)
+    assert cal.prob(0, 0.05) == pytest.approx(0.05) and cal.prob(3, 0.3) == pytest.approx(0.3)  # nothing measured: q
+    for _ in range(24):
+        cal.update(0, 0.05, True)
+    assert cal.prob(0, 0.05) == pytest.approx((24 + 8 * 0.05) / 32)
+    assert cal.prob(1, 0.05) == pytest.approx(0.05)  # runners-up are counted apart
+
+    prop = SpecplugConfig(method="dyspec", tree=True, dyspec={"draft_model": str(zoo["draft"])}).build_proposer()
+    p = zoo["prompts"][0]
+    tree = prop.propose([ReqState("r", np.asarray(p), 20)], [Budget(8, tree=True)])[0]
+    first = tree.children(-1)
+    path = [int(tree.tokens[j]) for j in tree.path_to(int(first[0]))]  # the first root child is accepted
+    missing = next(t for t in range(5, 4096) if t not in tree.tokens[tree.children(int(first[0]))])
+    prop.propose([ReqState("r", np.asarray(p + path + [missing]), 20)], [Budget(8, tree=True)])
+    trials = prop.calibration.trials.sum()
+    # every root child was a trial (one hit), then every child of the accepted node (no hit)
+    assert trials == len(first) + len(tree.children(int(first[0])))
+    assert prop.calibration.hits.sum() == 1
+
+
+def test_chain_is_the_draft_models_greedy_continuation(zoo, lm):
+    cfg = SpecplugConfig(method="dyspec", num_speculative_tokens=8,
+                         dyspec={"draft_model": str(zoo["draft"]), "min_value": 0.0, "calibrate": False})
+    prop = cfg.build_proposer()
+    p = zoo["prompts"][2]
+    chain = prop.propose([ReqState("c", np.asarray(p), 20)], [Budget(8, tree=False)])[0]
+    ids = list(p)
+    for _ in range(8):
+        ids.append(int(full_logits(lm, ids).argmax()))
+    assert chain.chain_tokens() == ids[len(p):]
+    # the next step after two accepted tokens and a bonus reuses the cache and is still exact
+    ids2 = ids[: len(p) + 2] + [42]
+    chain2 = prop.propose([ReqState("c", np.asarray(ids2), 20)], [Budget(4, tree=False)])[0]
+    want = list(ids2)
+    for _ in range(4):
+        want.append(int(full_logits(lm, want).argmax()))
+    assert chain2.chain_tokens() == want[len(ids2):]
+
+
+def test_the_draft_must_share_the_targets_tokenizer(zoo, tmp_path):
+    from specplug.models.tiny import build_tiny_llama
+
+    prop = SpecplugConfig(method="dyspec", dyspec={"draft_model": "zoo-draft"}).build_proposer()
+    prop.bind_target(TargetInfo(str(zoo["target"]), 4096))  # same tokenizer: accepted
+    tiny = build_tiny_llama()
+    with pytest.raises(DrafterError, match=r"dyspec\.draft_model: the drafter .*draft and the target .*tiny.* "
+                                           r"have different tokenizers"):
+        prop.bind_target(TargetInfo(str(tiny), 4096))
+    with pytest.raises(DrafterError, match="has 4096 vocabulary rows but the target .* has 1000"):
+        prop.bind_target(TargetInfo(str(zoo["target"]), 1000))
+    with pytest.raises(DrafterError, match="not a local folder"):
+        prop.bind_target(TargetInfo("some-org/some-model", 4096))
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(SpecplugConfigError, match=r"dyspec\.draft_model: Field required"):
+        SpecplugConfig(method="dyspec")
+    with pytest.raises(SpecplugConfigError, match=r"dyspec\.topk: "):
+        SpecplugConfig(method="dyspec", dyspec={"draft_model": "zoo-draft", "topk": 0})
+    with pytest.raises(DrafterError, match=r"dyspec\.draft_model: drafter folder not found: '/nope'"):
+        SpecplugConfig(method="dyspec", dyspec={"draft_model": "/nope"}).build_proposer()

@@ -1,0 +1,171 @@
+"""SWIFT: the layer-skipping forward against transformers (skipping a sub-layer == zeroing its
+output projection), drafting and matchness against that oracle with the full model's cache of the
+prefix, and the skip-set search's rules. Uses the shipped 8-layer zoo target."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from specplug.config import SpecplugConfig, SpecplugConfigError
+from specplug.proposers import Budget, ReqState
+from specplug.proposers.drafters import DrafterError, TargetInfo
+from specplug.proposers.swift import SkipSearch, SwiftOptions
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def target():
+    from specplug.zoo import zoo_model
+
+    return zoo_model("target")
+
+
+@pytest.fixture(scope="module")
+def hf(target):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt(target):
+    from transformers import AutoTokenizer
+
+    from specplug.zoo.samples import held_out_prompts
+
+    return held_out_prompts(AutoTokenizer.from_pretrained(target), 1, 60)[0]
+
+
+def skipped_hf(hf, attention, mlp):
+    """transformers' model with those sub-layers' outputs zeroed: what skipping them computes."""
+    m = copy.deepcopy(hf)
+    for i in attention:
+        m.model.layers[i].self_attn.o_proj.weight.data.zero_()
+    for i in mlp:
+        m.model.layers[i].mlp.down_proj.weight.data.zero_()
+    return m
+
+
+def hybrid_logits(hf, skipped, prefix, new):
+    """Logits of ``new`` run through ``skipped`` against the full model's cache of ``prefix``."""
+    from transformers import DynamicCache
+
+    with torch.no_grad():
+        cache = DynamicCache(config=hf.config)
+        hf(torch.tensor([prefix]), past_key_values=cache, use_cache=True)
+        pos = torch.arange(len(prefix), len(prefix) + len(new))[None]
+        return skipped(torch.tensor([new]), past_key_values=cache, use_cache=True, position_ids=pos).logits[0]
+
+
+def test_the_forward_equals_transformers_with_and_without_skips(target, hf, prompt):
+    from specplug.proposers.layer_skip_lm import LayerSkipLM
+
+    lm = LayerSkipLM(target)
+    cache = lm.empty_cache()
+    got = torch.cat([lm.forward(prompt[:25], 0, cache), lm.forward(prompt[25:], 25, cache)])
+    with torch.no_grad():
+        torch.testing.assert_close(got, hf(torch.tensor([prompt])).logits[0], atol=1e-4, rtol=1e-4)
+    attention, mlp = {2, 5}, {1, 5, 6}
+    lm.crop(cache, 40)
+    got = lm.forward(prompt[40:50], 40, cache, attention, mlp)
+    torch.testing.assert_close(got, hybrid_logits(hf, skipped_hf(hf, attention, mlp), prompt[:40], prompt[40:50]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def proposer(target, **kw):
+    cfg = SpecplugConfig(method="swift", num_speculative_tokens=8, swift={"target_model": str(target), **kw})
+    return cfg.build_proposer()
+
+
+def test_drafts_are_the_skipped_models_greedy_chain_with_early_stop(target, hf, prompt):
+    attention, mlp = [2, 4], [3, 5, 6]
+    for threshold in (0.0, 0.5):
+        prop = proposer(target, skip_set={"attention": attention, "mlp": mlp}, stop_threshold=threshold)
+        skipped = skipped_hf(hf, attention, mlp)
+        for ctx in (prompt[:30], prompt[:33], prompt[:31] + [77]):  # grow, then diverge
+            chain = prop.propose([ReqState("r", np.asarray(ctx), 20)], [Budget(8, tree=False)])[0]
+            want, ids = [], list(ctx)
+            for _ in range(8):  # oracle: every step recomputed; committed tokens but the root in the full cache
+                probs = hybrid_logits(hf, skipped, ids[: len(ctx) - 1], ids[len(ctx) - 1 :])[-1].softmax(-1)
+                p, t = probs.max(-1)
+                if want and float(p) < threshold:
+                    break
+                want.append(int(t))
+                if float(p) < threshold:
+                    break
+                ids.append(int(t))
+            assert chain.chain_tokens() == want
+            cache, cached = prop._caches["r"]
+            assert cached == ctx[:-1] and all(k.shape[1] == len(ctx) - 1 for k, _ in cache)
+
+
+def test_matchness_is_the_teacher_forced_agreement(target, hf, prompt):
+    prop = proposer(target, context_window=16)
+    tokens = prompt[:50]
+    cache = prop._full_cache("m", tokens)
+    coords = frozenset({0, 3, 7, 9})
+    attention, mlp = prop.search.coords_to_layers(coords)
+    assert attention == {1, 4} and mlp == {2, 4}
+    got = prop.matchness(cache, tokens, coords)
+    start = len(tokens) - 17
+    logits = hybrid_logits(hf, skipped_hf(hf, attention, mlp), tokens[:start], tokens[start:-1])
+    want = float((logits.argmax(-1) == torch.tensor(tokens[start + 1 :])).float().mean())
+    assert got == pytest.approx(want)
+    assert all(k.shape[1] == len(tokens) for k, _ in cache)  # scoring leaves the cache as it was
+
+
+def test_the_search_rules():
+    o = SwiftOptions(max_score=0.9, max_tolerance_iter=3, bayes_interval=2, seed=1)
+    s = SkipSearch(8, 0.45, o)
+    assert (s.dims, s.n) == (12, 5)
+    assert s.candidate() == s.current and len(s.current) == 5  # the odd-layer start is scored first
+    s.record(s.current, 0.5)
+    seen = []
+    for _ in range(3):
+        c = s.candidate()
+        assert len(c) == 5 and all(0 <= i < 12 for i in c)
+        seen.append(c)
+        s.record(c, 0.4)  # no gain
+    assert not s.done and s.best == 0.5
+    s.record(s.candidate(), 0.3)
+    assert s.done  # tolerance exceeded
+    attention, mlp = s.coords_to_layers(range(12))
+    assert attention == mlp == set(range(1, 7))  # never layer 0 or 7
+    s2 = SkipSearch(8, 0.45, o)
+    s2.record(s2.candidate(), 0.95)
+    assert s2.done  # confidence early stop
+
+
+def test_the_search_runs_inside_propose_and_saves_the_set(target, prompt, tmp_path):
+    cache_file = tmp_path / "skip.json"
+    prop = proposer(target, context_window=8, max_opt_iter=6, bayes_interval=3, cache_file=str(cache_file), task="code")
+    ctx = np.asarray(prompt[:40])
+    for _ in range(6):
+        prop.propose([ReqState("r", ctx, 30)], [Budget(4, tree=False)])  # 10 generated tokens >= window + 1
+    assert prop.search.done and prop.search.iters == 6
+    saved = json.loads(cache_file.read_text())
+    key = f"{target.resolve()}::code"
+    attention, mlp = prop.skip_layers()
+    assert saved[key]["attention"] == attention and saved[key]["mlp"] == mlp
+    again = proposer(target, cache_file=str(cache_file), task="code")
+    assert again.search.done and again.skip_layers() == (attention, mlp)  # reused, no search
+    assert not proposer(target, cache_file=str(cache_file), task="chat").search.done
+
+
+def test_errors_name_the_key(target):
+    with pytest.raises(DrafterError, match=r"swift\.skip_set: layers \[0, 7\] cannot be skipped"):
+        proposer(target, skip_set={"attention": [0], "mlp": [7]})
+    with pytest.raises(SpecplugConfigError, match=r"swift\.skip_ratio"):
+        SpecplugConfig(method="swift", swift={"skip_ratio": 1.5})
+    prop = SpecplugConfig(method="swift", swift={"skip_set": {"attention": [1]}}).build_proposer()
+    with pytest.raises(DrafterError, match="not a local folder"):
+        prop.bind_target(TargetInfo("org/model", 4096))
+    prop.bind_target(TargetInfo(str(target), 4096))
+    with pytest.raises(DrafterError, match="4096 vocabulary rows but the served target .* has 1024"):
+        prop.bind_target(TargetInfo(str(target), 1024))
