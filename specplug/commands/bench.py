@@ -92,10 +92,6 @@ def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swi
     for m in available_methods():
         if m.endswith("_for_tests") or (m == "swift" and not swift):
             continue
-        if m == "swift":
-            cfg = SpecplugConfig(method=m, num_speculative_tokens=budget)
-            out.append(Variant(f"specplug {m}", cfg.to_vllm()))
-            continue
         if m in DRAFTER_METHODS:
             folder = drafters.get(DRAFTER_METHODS[m])
             if folder is None:
@@ -104,7 +100,7 @@ def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swi
                 cfg = SpecplugConfig(method=m, num_speculative_tokens=budget, tree=tree, **{m: {"draft_model": folder}})
                 out.append(Variant(f"specplug {m}" + (" (tree)" if tree else ""), cfg.to_vllm()))
             continue
-        cfg = SpecplugConfig(method=m, num_speculative_tokens=16)
+        cfg = SpecplugConfig(method=m, num_speculative_tokens=budget if m == "swift" else 16)
         out.append(Variant(f"specplug {m}", cfg.to_vllm()))
     return out
 

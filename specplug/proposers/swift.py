@@ -140,7 +140,6 @@ class SwiftProposer(Proposer):
         self.lm = None
         self.search: SkipSearch | None = None
         self._caches: dict[str, tuple[list, list[int]]] = {}  # req_id -> (full-model cache, its tokens)
-        self._num_prompt: dict[str, int] = {}
         if options.target_model is not None:
             self._load(Path(options.target_model).expanduser())
 
@@ -209,11 +208,9 @@ class SwiftProposer(Proposer):
     # ------------------------------------------------------------------ lifecycle
     def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
         self.stop(req_id)
-        self._num_prompt[req_id] = len(prompt_ids)
 
     def stop(self, req_id: str) -> None:
         self._caches.pop(req_id, None)
-        self._num_prompt.pop(req_id, None)
 
     def observe(self, req_id: str, accepted_ids, info: VerifyInfo | None = None) -> None:
         pass  # the next propose() sees the committed tokens and crops the cache to them
@@ -236,8 +233,9 @@ class SwiftProposer(Proposer):
         W = self.options.context_window
         start = len(tokens) - W - 1
         attention, mlp = self.search.coords_to_layers(coords)
+        cached = cache[0][0].shape[1]
         logits = self.lm.forward(tokens[start:-1], start, cache, attention, mlp, visible=start)
-        self.lm.crop(cache, len(tokens))
+        self.lm.crop(cache, cached)  # the cache as it was
         return float((logits.argmax(-1) == torch.tensor(tokens[start + 1 :])).float().mean())
 
     def _maybe_search(self, batch: list[ReqState]) -> None:
@@ -247,7 +245,7 @@ class SwiftProposer(Proposer):
             if len(r.token_ids) - r.num_prompt_tokens < W + 1:
                 continue
             tokens = [int(t) for t in r.token_ids]
-            cache = self._full_cache(r.req_id, tokens)
+            cache = self._full_cache(r.req_id, tokens[:-1])  # what drafting keeps cached too
             cand = self.search.candidate()
             self.search.record(cand, self.matchness(cache, tokens, cand))
             if self.search.done:
