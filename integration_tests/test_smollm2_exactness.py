@@ -1,6 +1,8 @@
 """SmolLM2-135M-Instruct (real pretrained weights, built offline from the packaged GGUF) in fp32:
-every shipped specplug config gives greedy output identical to vLLM without speculation on 8
-Spec-Bench questions x 128 tokens, through the chat template."""
+every method's SmolLM2 config gives greedy output identical to vLLM without speculation on 8
+Spec-Bench questions x 128 tokens, through the chat template. The model-based ones use the
+drafter distilled for SmolLM2 (dyspec) and the skip set searched for it (swift), with the
+controller off so that every step drafts."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from specplug.config import SpecplugConfig
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIGS = ["suffix.yaml", "recycling.yaml", "rasd.yaml"]
+MODEL_BASED = ["dyspec-smollm2.yaml", "dyspec-tree-smollm2.yaml", "swift-smollm2.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +44,11 @@ def baseline(request_base, tmp_path_factory):
     return res["phases"]["batch"]
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", CONFIGS + MODEL_BASED)
 def test_fp32_greedy_identical(name, configs_dir, request_base, baseline, tmp_path):
     cfg = SpecplugConfig.from_yaml(configs_dir / name)
+    if name in MODEL_BASED:
+        cfg = SpecplugConfig(**{**cfg.to_dict(), "controller": "off"})
     res = run_variant(Variant(name, cfg.to_vllm()), request_base, tmp_path)
     assert res.get("ok"), res.get("error")
     got = res["phases"]["batch"]

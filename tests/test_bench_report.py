@@ -54,7 +54,7 @@ def test_default_variants_include_drafter_methods_only_with_a_drafter():
 
     labels = [v.label for v in default_specplug_variants()]
     assert labels == ["specplug rasd", "specplug recycling", "specplug suffix"]
-    with_drafters = default_specplug_variants({"draft_model": "/d", "dllm_model": "/m"}, budget=6, swift=True)
+    with_drafters = default_specplug_variants({"draft_model": "/d", "dllm_model": "/m"}, budget=6, swift={})
     by_label = {v.label: v.speculative_config for v in with_drafters}
     assert set(by_label) == {"specplug rasd", "specplug recycling", "specplug suffix", "specplug dyspec",
                              "specplug dyspec (tree)", "specplug dllm", "specplug swift"}
@@ -74,3 +74,28 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load(path)
         assert cfg.to_dict()["method"] == cfg.method, path
+
+
+def test_per_category_phases_are_disjoint_and_pivoted():
+    import argparse
+
+    from specplug.commands.bench import _phases
+
+    args = argparse.Namespace(dataset=None, categories=None, per_category=True, single_prompts=2, num_prompts=16)
+    rows, phases = _phases(args, [16, 1])
+    assert phases[0] == {"name": "c16", "concurrency": 16, "offset": 0, "num": 16}
+    cats = [p["name"][3:] for p in phases[1:]]
+    assert len(cats) == len(set(cats)) == 10
+    for p in phases[1:]:
+        assert {r["category"] for r in rows[p["offset"]: p["offset"] + p["num"]]} == {p["name"][3:]}
+    ids = [r["question_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 16 + 2 * 10
+
+    def res(phs):
+        return {"ok": True, "phases": phs}
+
+    a = {"c1 math": dict(phase(1.0, OUT, 2, 6, 4), concurrency=1), "c1 stem": dict(phase(4.0, OUT, 2, 6, 0), concurrency=1)}
+    table = report.rows([SuiteResult(Variant("x", {}), res(a))])
+    md = report.category_markdown(table).splitlines()
+    assert md[2] == "| math | 3.00 / 8.0 |" and md[3] == "| stem | 1.00 / 2.0 |"
+    assert md[4] == "| **all** | 2.00 / 3.2 |"  # (4 + 0) / (2 + 2) accepted per draft; 16 tokens in 5 s

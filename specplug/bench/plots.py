@@ -18,7 +18,9 @@ def write_plots(rows: list[dict], out_dir: Path) -> list[Path]:
     except ImportError:
         print("[specplug] no plots: matplotlib is not installed (pip install 'specplug[bench]')")
         return []
-    ok = [r for r in rows if "error" not in r]
+    from specplug.bench.report import pool_phases
+
+    ok = pool_phases(rows)  # per-category phases merged: one point per configuration and concurrency
     configs = list(dict.fromkeys(r["config"] for r in ok))
     paths = []
 

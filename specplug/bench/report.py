@@ -44,6 +44,7 @@ def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> 
                 "tok_per_s": float(np.median(tps)),
                 "tok_per_s_runs": tps,
                 "tau": 1.0 + accepted / drafts if drafts else 1.0,
+                "drafts": drafts,
                 "drafted": sum(x["num_draft_tokens"] for x in runs),
                 "accepted": accepted,
                 **_latency(runs),
@@ -100,3 +101,47 @@ def markdown(table: list[dict]) -> str:
             f"{_ms(r, 'ttft')} | {_ms(r, 'tpot')} | {r.get('identical', '–')} |"
         )
     return "\n".join(lines)
+
+
+def category_markdown(table: list[dict]) -> str:
+    """Per-category phases ("c1 <category>", bench --per-category) pivoted: a row per category, a
+    column per configuration, cells "τ / tok/s"; the last row pools every category (τ from the
+    summed counts, tok/s as total tokens over total time)."""
+    cells: dict[str, dict[str, dict]] = {}
+    configs: list[str] = []
+    for r in table:
+        if "error" in r or not r["phase"].startswith("c1 "):
+            continue
+        cells.setdefault(r["phase"][3:], {})[r["config"]] = r
+        configs = configs if r["config"] in configs else [*configs, r["config"]]
+    if not cells:
+        return ""
+    lines = ["| category | " + " | ".join(configs) + " |", "|" + "---|" * (len(configs) + 1)]
+    for cat, by in cells.items():
+        lines.append(f"| {cat} | " + " | ".join(
+            f"{by[c]['tau']:.2f} / {by[c]['tok_per_s']:.1f}" if c in by else "–" for c in configs) + " |")
+    pooled = {r["config"]: r for r in pool_phases(table) if r["concurrency"] == 1}
+    lines.append("| **all** | " + " | ".join(
+        f"{pooled[c]['tau']:.2f} / {pooled[c]['tok_per_s']:.1f}" if c in pooled else "–" for c in configs) + " |")
+    return "\n".join(lines)
+
+
+def pool_phases(table: list[dict], baseline_label: str = "no speculation") -> list[dict]:
+    """One row per (configuration, concurrency): phases at the same concurrency (the per-category
+    c=1 phases) merged. τ from the summed counts, tok/s as total tokens over total time, speedup
+    against the baseline pooled the same way."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in table:
+        if "error" not in r:
+            groups.setdefault((r["config"], r["concurrency"]), []).append(r)
+    out = []
+    for (config, conc), rs in groups.items():
+        secs = sum(r["output_tokens"] / r["tok_per_s"] for r in rs if r["tok_per_s"] > 0)
+        drafts = sum(r["drafts"] for r in rs)
+        out.append({"config": config, "concurrency": conc, "tok_per_s": sum(r["output_tokens"] for r in rs) / secs
+                    if secs else 0.0, "tau": 1 + sum(r["accepted"] for r in rs) / drafts if drafts else 1.0})
+    base = {r["concurrency"]: r["tok_per_s"] for r in out if r["config"] == baseline_label}
+    for r in out:
+        if base.get(r["concurrency"]):
+            r["speedup"] = r["tok_per_s"] / base[r["concurrency"]]
+    return out

