@@ -113,9 +113,10 @@ def category_markdown(table: list[dict]) -> str:
         if "error" in r or not r["phase"].startswith("c1 "):
             continue
         cells.setdefault(r["phase"][3:], {})[r["config"]] = r
-        configs = configs if r["config"] in configs else [*configs, r["config"]]
+        configs.append(r["config"])
     if not cells:
         return ""
+    configs = list(dict.fromkeys(configs))
     lines = ["| category | " + " | ".join(configs) + " |", "|" + "---|" * (len(configs) + 1)]
     for cat, by in cells.items():
         lines.append(f"| {cat} | " + " | ".join(

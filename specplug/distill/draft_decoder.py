@@ -181,7 +181,7 @@ def train(target_dir: Path, rows: list[dict], recipe: DistillRecipe, progress: b
 
 def trained_state(draft) -> dict:
     """What is shipped: the layers and the final norm (not the frozen embedding)."""
-    return {k: v.detach().to_dense().half().contiguous() for k, v in draft.state_dict().items()
+    return {k: v.detach().half().contiguous() for k, v in draft.state_dict().items()
             if not k.startswith("model.embed_tokens") and not k.startswith("lm_head")}
 
 

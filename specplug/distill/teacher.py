@@ -20,15 +20,15 @@ def generate(model_dir: str, out: Path, num: int, max_tokens: int, seed: int = 0
     from specplug.bench.workload import chat_prompts
     from specplug.distill.prompts import distill_prompts
 
+    done = sum(1 for _ in open(out)) if out.is_file() else 0
+    if done >= num:  # complete: neither the prompts nor vLLM are needed
+        return out
     for k, v in cpu_engine_env().items():
         os.environ.setdefault(k, v)
     from vllm import LLM, SamplingParams
 
     rows = [{"category": "distill", "question_id": i, "turns": [p]} for i, p in enumerate(distill_prompts(num, seed))]
     prompts = [p.token_ids for p in chat_prompts(model_dir, rows, max_prompt_tokens=512)]
-    done = sum(1 for _ in open(out)) if out.is_file() else 0
-    if done >= num:
-        return out
     llm = LLM(model=model_dir, dtype="float32", max_model_len=1024, enforce_eager=True, seed=0, max_num_seqs=64)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from specplug.distill.shipped import DRAFTERS as DISTILLED
+
 ZOO_ALIASES = {"zoo-draft": "draft", "zoo-dllm": "dllm", "zoo-target": "target"}
-DISTILLED = ("smollm2-draft",)  # specplug.distill.shipped.DRAFTERS (not imported: it pulls in torch)
 
 
 @dataclass(frozen=True)
