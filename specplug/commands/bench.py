@@ -36,8 +36,8 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                         "method (a folder, zoo-draft or smollm2-draft; default: zoo-draft for --model zoo-target, "
                         "smollm2-draft for smollm2, else none)")
     p.add_argument("--dllm-model", default=None,
-                   help="block-diffusion drafter for specplug dllm (a folder, or zoo-dllm; default: zoo-dllm when "
-                        "--model is zoo-target, else none)")
+                   help="block-diffusion drafter for specplug dllm (a folder, zoo-dllm or smollm2-dllm; default: "
+                        "zoo-dllm for --model zoo-target, smollm2-dllm for smollm2, else none)")
     p.add_argument("--draft-budget", type=int, default=8,
                    help="draft tokens per step for the model-based methods: vLLM draft_model's k, dyspec's chain "
                         "length and tree node budget, dllm's block")
@@ -115,14 +115,14 @@ def default_specplug_variants(drafters: dict | None = None, budget: int = 8, swi
 
 def _drafters(args) -> dict:
     """--draft-model / --dllm-model resolved to folders (the zoo drafters for the zoo target, the
-    distilled draft decoder for SmolLM2)."""
+    drafters distilled for SmolLM2)."""
     from specplug.models.smollm2 import MODEL_ALIASES
     from specplug.proposers.drafters import resolve_drafter
 
     model = str(args.model).lower()
     zoo, smol = model == "zoo-target", model in MODEL_ALIASES
     names = {"draft_model": args.draft_model or ("zoo-draft" if zoo else "smollm2-draft" if smol else None),
-             "dllm_model": args.dllm_model or ("zoo-dllm" if zoo else None)}
+             "dllm_model": args.dllm_model or ("zoo-dllm" if zoo else "smollm2-dllm" if smol else None)}
     return {k: str(resolve_drafter(v, "--" + k.replace("_", "-"), args.dtype)) for k, v in names.items() if v}
 
 

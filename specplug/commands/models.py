@@ -1,5 +1,5 @@
-"""`specplug models get smollm2|smollm2-draft [--dtype float32]`: build a local model folder
-offline; `specplug models distill smollm2-draft`: retrain the shipped drafter here."""
+"""`specplug models get smollm2|smollm2-draft|smollm2-dllm [--dtype float32]`: build a local model
+folder offline; `specplug models distill smollm2-draft|smollm2-dllm`: retrain a shipped drafter here."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("models", help="build local model folders (no hub access)")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     g = msub.add_parser("get", help="build (or locate) a model folder and print its path")
-    g.add_argument("name", choices=["smollm2", "smollm2-draft"],
-                   help="model to build (smollm2-draft: the distilled draft decoder, from its shipped layers)")
+    g.add_argument("name", choices=["smollm2", "smollm2-draft", "smollm2-dllm"],
+                   help="model to build (smollm2-draft: the distilled draft decoder, smollm2-dllm: the distilled "
+                        "block-diffusion drafter, always float32; both from their shipped layers)")
     g.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     g.add_argument("--force", action="store_true", help="rebuild even if the cached folder checks out")
     g.set_defaults(func=run_get)
     d = msub.add_parser("distill", help="distill a drafter from SmolLM2 here (teacher answers, then training)")
-    d.add_argument("name", choices=["smollm2-draft"])
+    d.add_argument("name", choices=["smollm2-draft", "smollm2-dllm"])
     d.add_argument("--num-prompts", type=int, default=768, help="local prompts the target answers")
     d.add_argument("--max-tokens", type=int, default=256, help="greedy tokens per answer")
-    d.add_argument("--epochs", type=int, default=5)
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's, 5 / 4)")
     d.add_argument("--out", type=Path, default=None, help="where to write the layers (default: the specplug cache)")
     d.add_argument("--install", action="store_true", help="write them over the shipped ones in specplug/distill/weights")
     d.set_defaults(func=run_distill)

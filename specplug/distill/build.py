@@ -1,4 +1,4 @@
-"""`specplug models distill smollm2-draft`: teacher answers (vLLM, resumable), then training,
+"""`specplug models distill smollm2-draft|smollm2-dllm`: teacher answers (vLLM, resumable), then training,
 then the shipped layers written to specplug/distill/weights/ (``--install``) or ``--out``.
 `specplug models swift-search smollm2`: SWIFT's skip-set search on held-out teacher answers."""
 
@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from specplug.distill.draft_decoder import DistillRecipe, save_shipped, train
+from specplug.distill import block_drafter, draft_decoder
+from specplug.distill.draft_decoder import DistillRecipe
+from specplug.distill.shipped import DLLM_DRAFTERS
 from specplug.distill.teacher import load
 from specplug.models.smollm2 import build_smollm2, cache_root
 
@@ -21,17 +24,23 @@ def teacher_answers(target: Path, num_prompts: int, max_tokens: int) -> list[dic
     return load(answers)
 
 
-def distill(name: str, num_prompts: int, max_tokens: int, epochs: int, out: Path | None) -> Path:
+def distill(name: str, num_prompts: int, max_tokens: int, epochs: int | None, out: Path | None) -> Path:
+    """Train ``name`` (smollm2-draft: the draft decoder; smollm2-dllm: the block-diffusion
+    drafter) on the teacher answers; ``epochs`` None keeps the recipe's."""
     target = build_smollm2("float32")
     rows = teacher_answers(target, num_prompts, max_tokens)
-    recipe = DistillRecipe(name=name, epochs=epochs)
-    draft, report = train(target, rows, recipe)
+    kind = block_drafter if name in DLLM_DRAFTERS else draft_decoder
+    recipe = (block_drafter.DllmRecipe if kind is block_drafter else DistillRecipe)(name=name)
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    draft, report = kind.train(target, rows, recipe)
     report["teacher"] = {"prompts": num_prompts, "max_tokens": max_tokens, "target": target.name,
                          "engine": "vllm (fp32, greedy)"}
     dest = out or (cache_root() / "distill" / name)
-    save_shipped(draft, report, dest)
-    print(f"[specplug] {name}: held-out top-1 agreement {report['held_out_top1_agreement']}, "
-          f"{report['training_seconds']:.0f} s of training; layers in {dest}", flush=True)
+    kind.save_shipped(draft, report, dest)
+    score = report.get("held_out_top1_agreement") or report.get("held_out_block_acceptance")
+    print(f"[specplug] {name}: held-out {score}, {report['training_seconds']:.0f} s of training; layers in {dest}",
+          flush=True)
     return dest
 
 

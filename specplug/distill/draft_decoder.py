@@ -83,7 +83,7 @@ def _samples(rows: list[dict]):
     return out
 
 
-def _batches(samples, batch_tokens: int, rng: random.Random):
+def length_batches(samples, batch_tokens: int, rng: random.Random):
     """Length-sorted batches of about batch_tokens padded tokens, in a shuffled order."""
     order = sorted(range(len(samples)), key=lambda i: len(samples[i][0]))
     batches, cur = [], []
@@ -113,6 +113,14 @@ def _tensors(samples, idx):
     return ids, labels, mask
 
 
+def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
+    """Linear warmup, then cosine from ``lr`` down to a tenth of it."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+
+
 def answer_logits(model, ids, labels, mask):
     """Logits at answer positions only, and their labels."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -130,7 +138,7 @@ def agreement(model, samples, batch_tokens: int = 4096) -> tuple[float, float]:
     ce = 0.0
     model.eval()
     with torch.no_grad():
-        for idx in _batches(samples, batch_tokens, random.Random(0)):
+        for idx in length_batches(samples, batch_tokens, random.Random(0)):
             logits, y = answer_logits(model, *_tensors(samples, idx))
             hits += int((logits.argmax(-1) == y).sum())
             ce += float(F.cross_entropy(logits, y, reduction="sum"))
@@ -154,14 +162,12 @@ def train(target_dir: Path, rows: list[dict], recipe: DistillRecipe, progress: b
     params = [p for p in draft.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
     rng = random.Random(recipe.seed)
-    plan = [b for _ in range(recipe.epochs) for b in _batches(train_s, recipe.batch_tokens, rng)]
+    plan = [b for _ in range(recipe.epochs) for b in length_batches(train_s, recipe.batch_tokens, rng)]
     t0 = time.perf_counter()
     bar = tqdm(plan, desc=f"distill {recipe.name}", disable=not progress)
     for step, idx in enumerate(bar):
-        t = (step - recipe.warmup) / max(1, len(plan) - recipe.warmup)
-        lr = recipe.lr * ((step + 1) / recipe.warmup if step < recipe.warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * t)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, len(plan), recipe.lr, recipe.warmup)
         logits, y = answer_logits(draft, *_tensors(train_s, idx))
         loss = F.cross_entropy(logits, y)
         loss.backward()

@@ -11,7 +11,8 @@ from pathlib import Path
 from specplug.models.smollm2 import ModelSetupError, build_smollm2, cache_root, manifest_ok, sha256_file
 
 SHIPPED = Path(__file__).parent / "weights"
-DRAFTERS = ("smollm2-draft",)
+DLLM_DRAFTERS = ("smollm2-dllm",)  # block-diffusion drafters (specplug.distill.block_drafter)
+DRAFTERS = ("smollm2-draft", *DLLM_DRAFTERS)
 
 
 def shipped_dir(name: str) -> Path:
@@ -29,13 +30,15 @@ def build_drafter(name: str = "smollm2-draft", dtype: str = "float32", force: bo
     """The drafter's full HF folder in ``dtype`` (the target built first if needed)."""
     if name not in DRAFTERS:
         raise ValueError(f"drafter: must be one of {DRAFTERS}, got {name!r}")
+    if name in DLLM_DRAFTERS:
+        dtype = "float32"  # the dllm proposer computes in fp32 whatever the target's dtype
     out = cache_root() / "models" / f"{name}-{dtype}"
     if not force and manifest_ok(out):
         return out
     src = shipped_dir(name)
     target = build_smollm2(dtype)
     print(f"[specplug] building {name} ({dtype}) from its shipped layers and {target.name}'s embedding ...", flush=True)
-    assemble_folder(target, src, out, dtype, name)
+    (assemble_dllm_folder if name in DLLM_DRAFTERS else assemble_folder)(target, src, out, dtype, name)
     print(f"[specplug] {name} ready: {out}", flush=True)
     return out
 
@@ -44,7 +47,7 @@ def assemble_folder(target: Path, src: Path, out: Path, dtype: str, name: str) -
     """Write a transformers folder: ``target``'s config with the drafter's layer count, its
     embedding and tokenizer files, and the trained weights of ``src``/layers.safetensors."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     meta = json.loads((src / "specplug_distill.json").read_text())
     n = meta["num_hidden_layers"]
@@ -58,11 +61,34 @@ def assemble_folder(target: Path, src: Path, out: Path, dtype: str, name: str) -
     cast = getattr(torch, dtype)
     weights = {k: v.to(cast) for k, v in load_file(src / "layers.safetensors").items()}
     weights["model.embed_tokens.weight"] = load_file(target / "model.safetensors")["model.embed_tokens.weight"].to(cast)
+    return _write_folder(target, src, out, dtype, weights, {"config.json": cfg})
+
+
+def assemble_dllm_folder(target: Path, src: Path, out: Path, dtype: str, name: str) -> Path:
+    """Write a block-diffusion drafter folder (what specplug.zoo.shipped.load_drafter reads):
+    drafter_config.json, the shipped layers beside ``target``'s embedding, the target's tokenizer."""
+    import torch
+    from safetensors.torch import load_file
+
+    from specplug.zoo.shipped import DRAFTER_CONFIG
+
+    meta = json.loads((src / "specplug_distill.json").read_text())
+    weights = {k: v.to(torch.float32) for k, v in load_file(src / "layers.safetensors").items()}
+    weights["embed.weight"] = load_file(target / "model.safetensors")["model.embed_tokens.weight"].to(torch.float32)
+    return _write_folder(target, src, out, dtype, weights, {DRAFTER_CONFIG: meta["drafter_config"]})
+
+
+def _write_folder(target: Path, src: Path, out: Path, dtype: str, weights: dict, configs: dict) -> Path:
+    """``weights`` and the ``configs`` (file name -> dict) in a fresh folder beside the target's
+    tokenizer files, with a manifest; replaces ``out`` only once complete."""
+    from safetensors.torch import save_file
+
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    for fname, cfg in configs.items():
+        (tmp / fname).write_text(json.dumps(cfg, indent=2) + "\n")
     for f in target.iterdir():  # tokenizer, chat template, generation config: the target's own
         if f.is_file() and f.name not in ("config.json", "model.safetensors") and not f.name.startswith("specplug_"):
             shutil.copy2(f, tmp / f.name)

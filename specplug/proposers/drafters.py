@@ -2,9 +2,10 @@
 
 A drafter is named in the config as a local folder, as a shipped reference model
 (``zoo-draft``, ``zoo-dllm``: specplug/zoo), or as a drafter distilled for SmolLM2
-(``smollm2-draft``: specplug/distill, its folder rebuilt from the shipped layers on first use). Its token ids must mean what the target's mean, so
-before the first draft the engine adapter hands the proposer the target's folder and vocabulary
-size (``Proposer.bind_target``) and ``check_same_tokenizer`` refuses a mismatch, naming both.
+(``smollm2-draft``, ``smollm2-dllm``: specplug/distill, its folder rebuilt from the shipped layers
+on first use). Its token ids must mean what the target's mean, so before the first draft the
+engine adapter hands the proposer the target's folder and vocabulary size
+(``Proposer.bind_target``) and ``check_same_tokenizer`` refuses a mismatch, naming both.
 """
 
 from __future__ import annotations

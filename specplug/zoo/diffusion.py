@@ -36,6 +36,10 @@ class DiffusionConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6
     mask_token_id: int = MASK_ID
+    num_kv_heads: int | None = None  # grouped-query attention (None: one kv head per head)
+    # A trained mask vector instead of the mask token's embedding row: for a drafter that shares a
+    # pretrained target's frozen embedding, where no token means "masked" (specplug/distill).
+    learned_mask_embedding: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +60,9 @@ class _Layer(nn.Module):
         super().__init__()
         self.c = c
         self.attn_norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
-        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=False)
+        self.head_dim = c.hidden_size // c.num_heads
+        self.kv_heads = c.num_kv_heads or c.num_heads
+        self.qkv = nn.Linear(c.hidden_size, (c.num_heads + 2 * self.kv_heads) * self.head_dim, bias=False)
         self.out = nn.Linear(c.hidden_size, c.hidden_size, bias=False)
         self.mlp_norm = nn.RMSNorm(c.hidden_size, eps=c.rms_norm_eps)
         self.gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
@@ -66,12 +72,14 @@ class _Layer(nn.Module):
         """h [b, s, d]; mask [s, s_past + s] (True: may attend); past: (k, v) of earlier tokens.
         Returns (h, (k, v) of this call's tokens)."""
         b, s, d = h.shape
-        nh = self.c.num_heads
-        q, k, v = self.qkv(self.attn_norm(h)).view(b, s, 3, nh, d // nh).permute(2, 0, 3, 1, 4)
+        nh, nkv, hd = self.c.num_heads, self.kv_heads, self.head_dim
+        q, k, v = self.qkv(self.attn_norm(h)).view(b, s, nh + 2 * nkv, hd).transpose(1, 2).split([nh, nkv, nkv], dim=1)
         q, k = _rope(q, positions, self.c.rope_theta), _rope(k, positions, self.c.rope_theta)
-        new = (k, v)
+        new = (k, v)  # the cache keeps the kv heads unrepeated
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if nkv != nh:  # kv head j serves query heads j*r .. j*r + r - 1 (Llama's grouping)
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         h = h + self.out(a.transpose(1, 2).reshape(b, s, d))
         gate, up = self.gate_up(self.mlp_norm(h)).chunk(2, dim=-1)
@@ -88,14 +96,34 @@ class BlockDiffusionDrafter(nn.Module):
         for p in self.parameters():
             if p.dim() >= 2:
                 nn.init.normal_(p, std=0.02)
+        if config.learned_mask_embedding:
+            self.mask_embed = nn.Parameter(torch.zeros(config.hidden_size))
 
-    def _run(self, ids, positions, mask, past=None):
+    def _embed(self, ids):
         h = self.embed(ids)
+        if self.config.learned_mask_embedding:
+            h = torch.where((ids == self.config.mask_token_id)[..., None], self.mask_embed.to(h.dtype), h)
+        return h
+
+    def _hidden(self, ids, positions, mask, past=None):
+        h = self._embed(ids)
         caches = []
         for i, layer in enumerate(self.layers):
             h, kv = layer(h, positions, mask, None if past is None else past[i])
             caches.append(kv)
-        return F.linear(self.norm(h), self.embed.weight), caches  # tied output head
+        return self.norm(h), caches
+
+    def head(self, hidden):
+        return F.linear(hidden, self.embed.weight)  # tied output head
+
+    def _run(self, ids, positions, mask, past=None):
+        h, caches = self._hidden(ids, positions, mask, past)
+        return self.head(h), caches
+
+    def causal_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [b, L, V] of the clean, causal path (the prefix encoder as a language model)."""
+        L = ids.shape[1]
+        return self._run(ids, torch.arange(L), torch.ones(L, L, dtype=torch.bool).tril())[0]
 
     # --- inference: prefix once (a cache), then the block against it -------------------------
     def encode_prefix(self, prefix: torch.Tensor):
@@ -118,12 +146,17 @@ class BlockDiffusionDrafter(nn.Module):
         return self._run(block, torch.arange(P, P + k), mask, past=cache)[0]
 
     # --- training: every block of a window at once -------------------------------------------
-    def training_logits(self, noised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-        """Logits [b, L, V] for the noised copy, given [noised ; clean] with the mask below."""
+    def training_hidden(self, noised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [b, L, d] of the noised copy, given [noised ; clean] with the mask
+        below (apply ``head`` to the positions scored: the LM head dominates a large vocabulary)."""
         L = clean.shape[1]
         ids = torch.cat([noised, clean], dim=1)
         positions = torch.arange(L).repeat(2)
-        return self._run(ids, positions, training_mask(L, self.config.block_size))[0][:, :L]
+        return self._hidden(ids, positions, training_mask(L, self.config.block_size))[0][:, :L]
+
+    def training_logits(self, noised: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+        """Logits [b, L, V] for the noised copy."""
+        return self.head(self.training_hidden(noised, clean))
 
 
 def training_mask(L: int, block: int) -> torch.Tensor:
@@ -143,7 +176,8 @@ def crop(cache, length: int):
     return [(k[:, :, :length], v[:, :, :length]) for k, v in cache]
 
 
-def noise_blocks(clean: torch.Tensor, block: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def noise_blocks(clean: torch.Tensor, block: int, gen: torch.Generator,
+                 mask_id: int = MASK_ID) -> tuple[torch.Tensor, torch.Tensor]:
     """(noised, masked) for a batch of windows: each block masks ceil(t * block) positions,
     t ~ U(0, 1], at random places."""
     b, L = clean.shape
@@ -152,14 +186,14 @@ def noise_blocks(clean: torch.Tensor, block: int, gen: torch.Generator) -> tuple
     count = torch.ceil(t * block).clamp(min=1)
     rank = torch.rand(b, nblk, block, generator=gen).argsort(dim=-1).argsort(dim=-1)  # random order
     masked = (rank < count).reshape(b, L)
-    return torch.where(masked, torch.full_like(clean, MASK_ID), clean), masked
+    return torch.where(masked, torch.full_like(clean, mask_id), clean), masked
 
 
 def diffusion_loss(model: BlockDiffusionDrafter, clean: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Masked-token loss on windows of ``seq_len + 1`` tokens (the shared batcher's shape; the
     last token is dropped so windows split into whole blocks)."""
     clean = clean[:, : clean.shape[1] - clean.shape[1] % model.config.block_size]
-    noised, masked = noise_blocks(clean, model.config.block_size, gen)
+    noised, masked = noise_blocks(clean, model.config.block_size, gen, model.config.mask_token_id)
     logits = model.training_logits(noised, clean)
     return F.cross_entropy(logits[masked].float(), clean[masked])
 
@@ -171,16 +205,17 @@ def fill_block(model: BlockDiffusionDrafter, cache, k: int, max_steps: int, thre
     Each step commits every masked position whose top probability is >= ``threshold``, and at
     least the single most confident one; the last allowed step commits all that remain.
     Returns (tokens [k], confidences [k], steps used)."""
-    block = torch.full((1, k), MASK_ID, dtype=torch.long)
+    mask_id = model.config.mask_token_id
+    block = torch.full((1, k), mask_id, dtype=torch.long)
     conf = torch.zeros(k)
     steps = 0
-    while bool((block == MASK_ID).any()):
+    while bool((block == mask_id).any()):
         steps += 1
         logits = model.block_logits(cache, block)[0].float()
-        logits[:, MASK_ID] = float("-inf")  # a draft never proposes the mask token itself
+        logits[:, mask_id] = float("-inf")  # a draft never proposes the mask token itself
         probs = logits.softmax(-1)
         p, tok = probs.max(-1)
-        open_ = block[0] == MASK_ID
+        open_ = block[0] == mask_id
         take = open_ & (p >= threshold)
         if steps >= max_steps:
             take = open_
