@@ -83,8 +83,10 @@ class DraftLM:
         keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)  # the last token is always fed
         self._crop(seq, keep)
         new = tokens[keep:]
+        # logits of the last position only: over a prompt or a catch-up, the 49152-row head on
+        # every position cost SmolLM2's 2-layer drafter twice its layers
         out = self.model(torch.tensor([new]), past_key_values=seq.cache, use_cache=True,
-                         position_ids=torch.arange(keep, len(tokens))[None])
+                         position_ids=torch.arange(keep, len(tokens))[None], logits_to_keep=1)
         seq.tokens.extend(new)
         return out.logits[0, -1].float()
 

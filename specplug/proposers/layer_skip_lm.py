@@ -86,12 +86,13 @@ class LayerSkipLM:
 
     @torch.no_grad()
     def forward(self, ids: list[int], start: int, cache, skip_attn=frozenset(), skip_mlp=frozenset(),
-                visible: int | None = None) -> torch.Tensor:
+                visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
         """Logits [n, V] of tokens ``ids`` at positions start.. (causal among themselves).
 
         ``cache``: per layer [k, v] of shape [kv_heads, T, head_dim]; each layer that runs its
         attention appends this call's keys and values to it (crop with ``crop``). ``visible``: how
-        many cached tokens the new ones attend to (default: all)."""
+        many cached tokens the new ones attend to (default: all). ``logits=False`` only fills the
+        cache: the 49152-row head would cost as much as a tenth of the layers."""
         n = len(ids)
         positions = torch.arange(start, start + n)
         h = self.embed[torch.tensor(ids)]
@@ -117,7 +118,7 @@ class LayerSkipLM:
             if i not in skip_mlp:
                 x = self._rms(h, L["ln2"])
                 h = h + (F.silu(x @ L["gate"].T) * (x @ L["up"].T)) @ L["down"].T
-        return self._rms(h, self.norm) @ self.lm_head.T
+        return self._rms(h, self.norm) @ self.lm_head.T if logits else None
 
     @staticmethod
     def crop(cache, length: int) -> None:

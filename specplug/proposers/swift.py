@@ -224,7 +224,7 @@ class SwiftProposer(Proposer):
         keep = common_prefix(cached, tokens)
         self.lm.crop(cache, keep)
         if keep < len(tokens):
-            self.lm.forward(tokens[keep:], keep, cache)
+            self.lm.forward(tokens[keep:], keep, cache, logits=False)
         self._caches[req_id] = (cache, list(tokens))
         return cache
 

@@ -130,13 +130,13 @@ class BlockDiffusionDrafter(nn.Module):
         """prefix [b, P] -> per-layer (k, v) of the prefix, causal. Crop with ``crop``."""
         P = prefix.shape[1]
         mask = torch.ones(P, P, dtype=torch.bool).tril()
-        return self._run(prefix, torch.arange(P), mask)[1]
+        return self._hidden(prefix, torch.arange(P), mask)[1]  # no logits: only the cache is wanted
 
     def extend_prefix(self, cache, new: torch.Tensor):
         """The prefix cache with ``new`` [b, n] appended (causal); equal to re-encoding it all."""
         P, n = cache[0][0].shape[2], new.shape[1]
         mask = torch.cat([torch.ones(n, P, dtype=torch.bool), torch.ones(n, n, dtype=torch.bool).tril()], dim=1)
-        added = self._run(new, torch.arange(P, P + n), mask, past=cache)[1]
+        added = self._hidden(new, torch.arange(P, P + n), mask, past=cache)[1]
         return [(torch.cat([k0, k1], dim=2), torch.cat([v0, v1], dim=2)) for (k0, v0), (k1, v1) in zip(cache, added)]
 
     def block_logits(self, cache, block: torch.Tensor) -> torch.Tensor:
