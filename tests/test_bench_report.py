@@ -64,6 +64,18 @@ def test_default_variants_include_drafter_methods_only_with_a_drafter():
     assert {by_label[k]["num_speculative_tokens"] for k in by_label if "dyspec" in k or "dllm" in k or "swift" in k} == {6}
 
 
+def test_controller_off_turns_off_only_specplug_configs_that_have_it_on():
+    from specplug.bench import suite
+    from specplug.commands.bench import default_specplug_variants
+
+    variants = [Variant("vllm ngram", {"method": "ngram"}), *default_specplug_variants({"draft_model": "/d"})]
+    off = suite.all_controller_off(variants)
+    assert off[0] is variants[0]  # not a specplug config: unchanged
+    assert [v.label for v in off[1:3]] == ["specplug dyspec (no controller)", "specplug dyspec (tree, no controller)"]
+    assert {v.speculative_config["specplug"]["controller"] for v in off[1:]} == {"off"}
+    assert suite.all_controller_off(off) == off and suite.without_controller(off) == []
+
+
 def test_every_shipped_config_loads():
     from pathlib import Path
 

@@ -64,19 +64,26 @@ def specplug_variants(config_paths: list[str | Path]) -> list[Variant]:
     return out
 
 
-def without_controller(variants: list[Variant]) -> list[Variant]:
-    """The same specplug configs with the goodput controller off (the ablation)."""
+def _controller_off(v: Variant) -> Variant | None:
+    """``v`` with the goodput controller off, or None if it is not a specplug config or is off already."""
     from specplug.config import VLLM_PAYLOAD_KEY
 
-    out = []
-    for v in variants:
-        payload = (v.speculative_config or {}).get(VLLM_PAYLOAD_KEY)
-        if not payload or payload.get("controller") == "off":
-            continue
-        spec = dict(v.speculative_config, **{VLLM_PAYLOAD_KEY: dict(payload, controller="off")})
-        label = v.label[:-1] + ", no controller)" if v.label.endswith(")") else v.label + " (no controller)"
-        out.append(Variant(label, spec))
-    return out
+    payload = (v.speculative_config or {}).get(VLLM_PAYLOAD_KEY)
+    if not payload or payload.get("controller") == "off":
+        return None
+    spec = dict(v.speculative_config, **{VLLM_PAYLOAD_KEY: dict(payload, controller="off")})
+    label = v.label[:-1] + ", no controller)" if v.label.endswith(")") else v.label + " (no controller)"
+    return Variant(label, spec)
+
+
+def without_controller(variants: list[Variant]) -> list[Variant]:
+    """The same specplug configs with the goodput controller off (the ablation)."""
+    return [off for off in map(_controller_off, variants) if off is not None]
+
+
+def all_controller_off(variants: list[Variant]) -> list[Variant]:
+    """Every config with the controller off instead of as configured (``--controller-off``)."""
+    return [_controller_off(v) or v for v in variants]
 
 
 def without_plain_steps(variants: list[Variant]) -> list[Variant]:

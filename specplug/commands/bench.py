@@ -43,6 +43,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                         "length and tree node budget, dllm's block")
     p.add_argument("--ablate-controller", action="store_true",
                    help="also run every specplug config with the goodput controller off (always draft up to the cap)")
+    p.add_argument("--controller-off", action="store_true",
+                   help="run every specplug config with the goodput controller off instead of as configured "
+                        "(every step drafts up to the cap: what the drafter accepts, e.g. for a bf16 mismatch count)")
     p.add_argument("--ablate-plain-steps", action="store_true",
                    help="also run every specplug config with SPECPLUG_PLAIN_STEPS=0: steps without drafts "
                         "take vLLM's verify path, as in stock vLLM (docs/vllm.md, patch 8)")
@@ -200,6 +203,8 @@ def run(args) -> int:
         specplug = (suite.specplug_variants(args.config) if args.config
                     else default_specplug_variants(drafters, args.draft_budget,
                                                    swift=_swift_options(args.model)))
+        if args.controller_off:
+            specplug = suite.all_controller_off(specplug)
         variants += specplug
         ablated = suite.without_controller(specplug) if args.ablate_controller else []
         variants += ablated
