@@ -24,16 +24,19 @@ def write_plots(rows: list[dict], out_dir: Path) -> list[Path]:
     configs = list(dict.fromkeys(r["config"] for r in ok))
     paths = []
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for cfg in configs:
+    # tab10 repeats its colours after ten lines: a headline run has eleven configurations
+    colours = plt.get_cmap("tab20" if len(configs) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    for i, cfg in enumerate(configs):
         pts = sorted((r["concurrency"], r.get("speedup", float("nan"))) for r in ok if r["config"] == cfg)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=cfg)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=cfg, color=colours(i),
+                ls="--" if cfg.startswith("vllm") else "-")  # the engine's own methods dashed
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrency (requests in flight)")
     ax.set_ylabel("output tok/s relative to no speculation")
     ax.set_title("Speedup vs concurrency")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     paths.append(out_dir / "speedup_vs_concurrency.png")
     fig.savefig(paths[-1], dpi=120)
