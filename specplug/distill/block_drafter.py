@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from specplug.distill.draft_decoder import length_batches, load_target, lr_at
+from specplug.distill.draft_decoder import fit, length_batches, load_target
 
 EMPTY_OUTPUT_ID = 16  # SmolLM2's "<empty_output>": a special token chat answers never use
 
@@ -164,7 +163,6 @@ def train(target_dir: Path, rows: list[dict], recipe: DllmRecipe, progress: bool
     """Returns (drafter, report dict)."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     from specplug.zoo.diffusion import noise_blocks
 
@@ -175,25 +173,17 @@ def train(target_dir: Path, rows: list[dict], recipe: DllmRecipe, progress: bool
     samples = _samples(rows, recipe.mask_token_id)
     train_s, held = samples[: -recipe.held_out], rows[-recipe.held_out:]
     before = block_acceptance(model, held, recipe)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng, gen = random.Random(recipe.seed), torch.Generator().manual_seed(recipe.seed)
     plan = [b for _ in range(recipe.epochs) for b in length_batches(train_s, recipe.batch_tokens, rng)]
-    t0 = time.perf_counter()
-    bar = tqdm(plan, desc=f"distill {recipe.name}", disable=not progress)
-    for step, idx in enumerate(bar):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, len(plan), recipe.lr, recipe.warmup)
+
+    def loss_of(idx):
         clean, scored = _tensors(train_s, idx, recipe.block_size, pad_id)
         noised, masked = noise_blocks(clean, recipe.block_size, gen, recipe.mask_token_id)
         sel = masked & scored
-        loss = F.cross_entropy(model.head(model.training_hidden(noised, clean)[sel]), clean[sel])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - t0
+        return F.cross_entropy(model.head(model.training_hidden(noised, clean)[sel]), clean[sel])
+
+    seconds = fit(model, plan, loss_of, lr=recipe.lr, warmup=recipe.warmup, weight_decay=0.0,
+                  desc=f"distill {recipe.name}", progress=progress)
     round_to_shipped(model)
     after = block_acceptance(model, held, recipe)
     report = {"kind": "dllm", "recipe": recipe.as_dict(), "train_answers": len(train_s), "held_out_answers": len(held),

@@ -121,6 +121,30 @@ def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
 
 
+def fit(model, plan, loss_of, *, lr: float, warmup: int, weight_decay: float, desc: str, progress: bool) -> float:
+    """AdamW over ``plan`` (a list of batches) with ``lr_at``'s schedule and clipping at 1; returns seconds.
+
+    ``loss_of(batch)`` gives the loss of one batch. Shared by every distilled drafter.
+    """
+    import torch
+    from tqdm import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    t0 = time.perf_counter()
+    bar = tqdm(plan, desc=desc, disable=not progress)
+    for step, batch in enumerate(bar):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, len(plan), lr, warmup)
+        loss = loss_of(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return time.perf_counter() - t0
+
+
 def answer_logits(model, ids, labels, mask):
     """Logits at answer positions only, and their labels."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -151,7 +175,6 @@ def train(target_dir: Path, rows: list[dict], recipe: DistillRecipe, progress: b
     """Returns (drafter, report dict)."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     target = load_target(target_dir)
     draft = init_drafter(target, recipe)
@@ -159,23 +182,14 @@ def train(target_dir: Path, rows: list[dict], recipe: DistillRecipe, progress: b
     samples = _samples(rows)
     train_s, held = samples[: -recipe.held_out], samples[-recipe.held_out:]
     before = agreement(draft, held)
-    params = [p for p in draft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
     rng = random.Random(recipe.seed)
     plan = [b for _ in range(recipe.epochs) for b in length_batches(train_s, recipe.batch_tokens, rng)]
-    t0 = time.perf_counter()
-    bar = tqdm(plan, desc=f"distill {recipe.name}", disable=not progress)
-    for step, idx in enumerate(bar):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, len(plan), recipe.lr, recipe.warmup)
-        logits, y = answer_logits(draft, *_tensors(train_s, idx))
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    seconds = time.perf_counter() - t0
+
+    def loss_of(idx):
+        return F.cross_entropy(*answer_logits(draft, *_tensors(train_s, idx)))
+
+    seconds = fit(draft, plan, loss_of, lr=recipe.lr, warmup=recipe.warmup, weight_decay=recipe.weight_decay,
+                  desc=f"distill {recipe.name}", progress=progress)
     after = agreement(draft, held)
     report = {"recipe": recipe.as_dict(), "train_answers": len(train_s), "held_out_answers": len(held),
               "train_answer_tokens": sum(sum(1 for v in y if v != -100) for _, y in train_s),
