@@ -5,7 +5,9 @@ proposers are lossless and accept real drafts (a model that learned code, not a 
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 
 from specplug.bench.suite import Variant, run_variant
@@ -108,6 +110,47 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
     if d["method"] == "swift":  # the search ran inside the engine and saved what it found
         saved = json.loads((tmp_path / "skip-sets.json").read_text())
         assert list(saved) == [f"{zoo_model('target').resolve()}::default"]
+
+
+SAMPLED_N, SAMPLED_POSITIONS = 512, 4
+
+
+def test_sampled_dyspec_trees_keep_the_target_distribution(configs_dir, code_prompts, tmp_path):
+    """Sampling at T = 1 with dyspec trees (tree: true): children are drawn from the draft model
+    without replacement and the tree patches verify them by recursive rejection. The same prompt is
+    sampled many times with and without speculation (request i seeded i in both); per output
+    position the token frequencies of the two runs must pass a chi-square homogeneity test."""
+    from scipy.stats import chi2_contingency
+
+    from specplug.zoo import zoo_model
+
+    req = {"model": str(zoo_model("target")), "dtype": "float32", "max_model_len": 512,
+           "max_tokens": SAMPLED_POSITIONS, "prompts": [code_prompts[0]] * SAMPLED_N,
+           "phases": [{"name": "all", "concurrency": 64}], "sampling": {"temperature": 1.0, "seed": 0}}
+    base = run_variant(Variant("sampled none", None), req, tmp_path / "base")
+    assert base.get("ok"), base.get("error")
+    d = {**SpecplugConfig.from_yaml(configs_dir / "dyspec-tree.yaml").to_dict(), "controller": "off",
+         "num_speculative_tokens": 8}
+    spec = run_variant(Variant("sampled dyspec", SpecplugConfig.from_dict(d).to_vllm()), req, tmp_path / "spec")
+    assert spec.get("ok"), spec.get("error")
+    got, want = spec["phases"]["all"]["outputs"], base["phases"]["all"]["outputs"]
+    assert got != want  # different random streams: equal lists would mean nothing was sampled
+    for pos in range(SAMPLED_POSITIONS):
+        a = [o[pos] for o in got if len(o) > pos]
+        b = [o[pos] for o in want if len(o) > pos]
+        tokens = sorted(set(a) | set(b))
+        table = np.array([[a.count(t) for t in tokens], [b.count(t) for t in tokens]])
+        common = table.sum(0) >= 10  # pool rare tokens so every expected count is large enough
+        table = np.column_stack([table[:, common], table[:, ~common].sum(1)]) if (~common).any() else table
+        table = table[:, table.sum(0) > 0]
+        if table.shape[1] > 1:
+            p = chi2_contingency(table).pvalue
+            assert p > 1e-3, f"position {pos}: token frequencies differ from no speculation (p={p:.2g})"
+    # not vacuous: sampled (stochastic) trees were verified by recursive rejection and accepted
+    log = (tmp_path / "spec" / "sampled_dyspec.log").read_text()
+    drawn = [int(m) for m in re.findall(r"(\d+) of them drawn by sampling", log)]
+    assert drawn and max(drawn) > 0, "no stochastic tree was verified"
+    assert spec["phases"]["all"]["num_accepted_tokens"] > SAMPLED_N // 4
 
 
 def test_a_drafter_with_another_tokenizer_is_refused_naming_both(tiny_model, tmp_path):

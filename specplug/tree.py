@@ -316,6 +316,51 @@ class DraftTree:
         best = int(np.lexsort((np.arange(self.num_nodes), -d, -acc))[0])
         return self.path_to(best)
 
+    def lead_path(self) -> list[int]:
+        """The path an engine should lay out first (``lead_path_first``): the best path, or for a
+        stochastic tree the path of first-drawn children (its siblings' index order is their draw
+        order, which recursive rejection reads, so no later-drawn child may move ahead of them)."""
+        if self.deterministic:
+            return self.best_path()
+        path, node = [], -1
+        while True:
+            kids = np.flatnonzero(self.parents == node)
+            if not kids.size:
+                return path
+            node = int(kids[0])
+            path.append(node)
+
+    def lead_path_first(self) -> "DraftTree":
+        """The same tree with ``lead_path()`` as nodes 0..d-1 and the other nodes after it in their
+        old order (still parents first: a node's parent is on the path or earlier among the rest;
+        siblings keep their relative order).
+
+        An engine that verifies the flattened tree in one causal-attention forward computes the
+        leading chain's rows exactly as a chain step would; only the rows after it need the tree
+        mask (tree_step.TreeRow.first_masked_row)."""
+        path = self.lead_path()
+        if path == list(range(len(path))):
+            return self
+        on_path = np.zeros(self.num_nodes, dtype=bool)
+        on_path[path] = True
+        order = np.concatenate([np.asarray(path, np.int64), np.flatnonzero(~on_path)])
+        new_index = np.empty(self.num_nodes, np.int64)
+        new_index[order] = np.arange(self.num_nodes)
+        old_parents = self.parents[order].astype(np.int64)
+        parents = np.where(old_parents >= 0, new_index[np.maximum(old_parents, 0)], -1)
+        return DraftTree._derived(
+            self.tokens[order], parents,
+            draft_probs=None if self.draft_probs is None else self.draft_probs[order],
+            deterministic=self.deterministic,
+            scores=None if self.scores is None else self.scores[order],
+        )
+
+    def leading_chain(self) -> int:
+        """How many nodes from node 0 on form a single path (node i the child of node i-1)."""
+        expected = np.arange(-1, self.num_nodes - 1)
+        off = np.flatnonzero(self.parents != expected)
+        return int(off[0]) if off.size else self.num_nodes
+
     def chain_of_best(self) -> "DraftTree":
         """The best single path as a chain tree (what vLLM's stock chain hook can verify)."""
         return self.subtree(self.best_path())

@@ -115,6 +115,48 @@ def test_best_path_maximises_cumulative_score(tree):
     assert tree.chain_tokens() == [int(tree.tokens[i]) for i in best]
 
 
+@given(st.one_of(trees(), trees(with_scores=True)))
+@settings(max_examples=150, deadline=None)
+def test_lead_path_first_puts_the_best_path_of_a_deterministic_tree_first(tree):
+    moved = tree.lead_path_first()
+    DraftTree(moved.tokens, moved.parents, scores=moved.scores)  # parents first, distinct siblings
+    assert token_paths(moved) == token_paths(tree)
+    best = tree.best_path()
+    assert moved.leading_chain() >= len(best)
+    assert moved.chain_tokens() == tree.chain_tokens() == [int(t) for t in moved.tokens[: len(best)]]
+    if tree.scores is not None:  # each node keeps its own score: compare per token path
+        score_of = lambda t: {tuple(int(t.tokens[a]) for a in t.path_to(i)): float(t.scores[i])  # noqa: E731
+                              for i in range(t.num_nodes)}
+        assert score_of(moved) == score_of(tree)
+
+
+@given(trees())
+@settings(max_examples=100, deadline=None)
+def test_lead_path_first_keeps_each_stochastic_nodes_children_in_draw_order(tree):
+    """Recursive rejection reads siblings in index order as their draw order: the layout may move
+    the first-drawn children's path forward but never reorder siblings."""
+    n = tree.num_nodes
+    q = np.full((n, 4), 0.25, np.float32)
+    stochastic = DraftTree(tree.tokens, tree.parents, draft_probs=q, deterministic=False)
+    moved = stochastic.lead_path_first()
+    assert token_paths(moved) == token_paths(tree)
+    sibling_tokens = lambda t, node: [int(t.tokens[c]) for c in t.children(node)]  # noqa: E731
+    path_tokens = lambda t, node: tuple(int(t.tokens[a]) for a in t.path_to(node))  # noqa: E731
+    where = {path_tokens(moved, i): i for i in range(n)}
+    assert sibling_tokens(moved, -1) == sibling_tokens(stochastic, -1)
+    for i in range(n):
+        assert sibling_tokens(moved, where[path_tokens(stochastic, i)]) == sibling_tokens(stochastic, i)
+    first = [int(stochastic.tokens[i]) for i in stochastic.lead_path()]
+    assert [int(t) for t in moved.tokens[: len(first)]] == first and moved.leading_chain() >= len(first)
+
+
+def test_leading_chain_counts_the_single_path_from_node_0():
+    assert DraftTree(np.array([1, 2, 3, 4]), np.array([-1, 0, 1, 0])).leading_chain() == 3
+    assert DraftTree(np.array([1, 2]), np.array([-1, -1])).leading_chain() == 1
+    assert DraftTree.chain([5, 6, 7]).leading_chain() == 3
+    assert DraftTree.empty().leading_chain() == 0
+
+
 def test_best_path_without_scores_is_longest():
     t = DraftTree.from_paths([[1, 2], [3, 4, 5], [6]])
     assert t.chain_tokens() == [3, 4, 5]

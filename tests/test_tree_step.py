@@ -97,6 +97,33 @@ def test_tree_attention_equals_per_path_causal_attention(hq, hkv, write):
         torch.testing.assert_close(got[row], want, rtol=1e-5, atol=1e-5)
 
 
+def test_tree_attention_of_the_last_rows_equals_those_rows_of_the_whole_window():
+    """The adapter recomputes only the rows after the tree's leading chain (TreeRow.first_masked_row)."""
+    prefix, w, D, bs, h = 6, TREE.num_nodes + 1, 8, 4, 2
+    L = prefix + w
+    k, v, q = torch.randn(L, h, D), torch.randn(L, h, D), torch.randn(w, h, D)
+    blocks = torch.tensor([2, 0, 3])
+    cache = torch.randn(4, h, bs, 2 * D)
+    plain_write(k, v, cache, torch.tensor([int(blocks[p // bs]) * bs + p % bs for p in range(L)]))
+    layout = tree_step.CacheLayout.probe(plain_write, h, bs, D, torch.float32, split)
+    kc, vc = split(cache)
+    mask = tree_step.window_mask(TREE)
+    whole = tree_step.tree_attention(q, kc, vc, blocks, L, mask, 0.3, layout)
+    for first in range(w):
+        part = tree_step.tree_attention(q[first:], kc, vc, blocks, L, mask, 0.3, layout)
+        torch.testing.assert_close(part, whole[first:], rtol=1e-6, atol=1e-6)
+
+
+def test_rows_of_the_leading_chain_are_left_to_the_backend():
+    # root -> 0 -> 1 -> 2, and 3 a second child of node 0: window rows 0..3 see what causal rows see
+    tree = DraftTree(np.array([1, 2, 3, 4]), np.array([-1, 0, 1, 0]))
+    row = tree_step.TreeRow(0, "r", 0, 5, tree)
+    assert row.first_masked_row == 4
+    causal = torch.tril(torch.ones(5, 5, dtype=torch.bool))
+    assert torch.equal(row.mask[:4], causal[:4]) and not torch.equal(row.mask[4], causal[4])
+    assert tree_step.TreeRow(0, "r", 0, 5, TREE).first_masked_row == 2  # TREE: root -> 0, then a sibling
+
+
 def test_greedy_acceptance_follows_the_argmax_path():
     V = 32
     logits = torch.zeros(6, V)
@@ -147,3 +174,26 @@ def test_sampled_acceptance_is_exact_and_seeded():
     a = tree_step.accept(tree, logits, "sample", T, torch.Generator().manual_seed(5))
     b = tree_step.accept(tree, logits, "sample", T, torch.Generator().manual_seed(5))
     assert a == b
+
+
+def test_a_stochastic_tree_is_verified_by_recursive_rejection():
+    """sample mode with a tree drawn from q (DySpec at a request's temperature): the verifier is
+    recursive rejection against the tree's q, given the same uniforms as the generator draws."""
+    from specplug.verify import recursive_rejection, target_probs
+
+    V, T = 6, 0.7
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, V, generator=g)
+    q_root, q_a = torch.softmax(torch.randn(V, generator=g), -1), torch.softmax(torch.randn(V, generator=g), -1)
+    # root -> 1, 2 (drawn in that order from q_root); 1 -> 3 (from q_a)
+    q = np.stack([q_root, q_root, q_a]).astype(np.float32)
+    tree = DraftTree(np.array([1, 2, 3]), np.array([-1, -1, 0]), draft_probs=q, deterministic=False)
+    differs = 0
+    for seed in range(200):
+        got = tree_step.accept(tree, logits[:4], "sample", T, torch.Generator().manual_seed(seed))
+        u = torch.rand(4, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        want = recursive_rejection(tree, target_probs(logits[:4], temperature=T), u)
+        assert got == (want.accepted_nodes, want.tokens)
+        deterministic = DraftTree(tree.tokens, tree.parents)
+        differs += got != tree_step.accept(deterministic, logits[:4], "sample", T, torch.Generator().manual_seed(seed))
+    assert differs > 0  # not vacuous: sample-and-match would have decided otherwise sometimes

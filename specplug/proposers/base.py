@@ -43,10 +43,15 @@ class Budget:
     max_nodes: node cap (chain length when ``tree`` is False). 0 means draft nothing.
     tree: whether the engine will verify a tree; if False only the best path is used, so a
           proposer may return a chain directly.
+    temperature: > 0 when the engine verifies this request's tree by sampling with plain
+          temperature and accepts stochastic trees (recursive rejection against their
+          ``draft_probs``); a proposer that samples its drafts may then sample at it. 0: greedy,
+          or the engine verifies deterministic drafts only.
     """
 
     max_nodes: int
     tree: bool = True
+    temperature: float = 0.0
 
 
 @dataclass

@@ -25,10 +25,18 @@ shrunk towards q itself (q when nothing is measured yet). Outcomes are read from
 context: the committed tokens after a drafted tree are the target's own, so each node whose
 parent was accepted is a trial, accepted if its token is the one that came.
 
-Children are the draft model's top-k, not samples, so the tree is deterministic and verified by
-greedy matching or sample-and-match, which is exact at any temperature (docs/verification.md).
+Greedy requests: children are the draft model's top-k, so the tree is deterministic and verified
+by greedy matching. Sampling requests whose engine verifies stochastic trees (``Budget.temperature``
+> 0): children are ``topk`` draws *without replacement* from q = softmax(draft logits / T), in draw
+order, and the tree carries each node's q so that recursive rejection (SpecInfer; specplug/verify.py)
+verifies it: a child is accepted with min(1, p/q) rather than with p alone, which is what
+sample-and-match would give a top-k child. Recursive rejection reads siblings in index order as
+their draw order, so a node keeps only a draw-order *prefix* of its children: a child's value is
+capped at its earlier siblings' (values still never grow, and ties keep the earlier draw), and the
+``min_value`` cut and the top-B rerank then drop only tails.
 Where the engine verifies chains, the draft is grown as a chain (``topk`` = ``width`` = 1): the
-draft model's greedy continuation, stopped once its value falls below ``min_value``.
+draft model's greedy continuation, stopped once its value falls below ``min_value``; any draft is
+exact there (vLLM accepts a chain token with probability p(x)).
 The node budget per request is the controller's (it shrinks as the batch grows).
 """
 
@@ -77,6 +85,17 @@ class AcceptanceCalibration:
         self.hits[r, b] += accepted
 
 
+def sample_without_replacement(probs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` distinct token ids in draw order, distributed as k successive draws from
+    ``probs`` without replacement (each from the rest, renormalised): the Gumbel-top-k trick
+    (Kool et al. 2019), one vectorised pass. Tokens of probability 0 are never drawn."""
+    with np.errstate(divide="ignore"):
+        keys = np.log(probs.astype(np.float64)) + rng.gumbel(size=probs.shape)
+    k = min(k, int(np.count_nonzero(probs > 0)))
+    top = np.argpartition(-keys, k - 1)[:k] if k < keys.size else np.arange(keys.size)
+    return top[np.argsort(-keys[top], kind="stable")]
+
+
 class _Sent:
     """A drafted tree as the calibration needs it: context length, tokens, parents, (rank, q)."""
 
@@ -96,6 +115,10 @@ class DySpecProposer(Proposer):
         self.lm = DraftLM(self.folder)
         self.calibration = AcceptanceCalibration(options.calibrate)
         self._sent: dict[str, _Sent] = {}  # req_id -> the last tree drafted for it
+        # draws of sampled children; independent of the engine's verification randomness, which
+        # is all recursive rejection needs (a seeded request's output is then exact in
+        # distribution, not the same tokens as without speculation)
+        self._rng = np.random.default_rng()
 
     def bind_target(self, target: TargetInfo) -> None:
         check_same_tokenizer(self.folder, self.lm.vocab_size, target, "dyspec.draft_model")
@@ -140,17 +163,21 @@ class DySpecProposer(Proposer):
                 out.append(DraftTree.empty())
                 continue
             if b.tree:
-                out.append(self._grow(r.req_id, tokens, cap, depth_cap, self.options.topk, self.options.width))
+                out.append(self._grow(r.req_id, tokens, cap, depth_cap, self.options.topk, self.options.width,
+                                      b.temperature))
             else:
                 out.append(self._grow(r.req_id, tokens, cap, depth_cap, 1, 1))
         return out
 
-    def _grow(self, req_id: str, tokens: list[int], budget: int, max_depth: int, topk: int, width: int) -> DraftTree:
+    def _grow(self, req_id: str, tokens: list[int], budget: int, max_depth: int, topk: int, width: int,
+              temperature: float = 0.0) -> DraftTree:
         o = self.options
         lm = self.lm
         logits = lm.next_logits(req_id, tokens)
         cal = self.calibration
-        # per node: token, parent, value, depth, cache slot once expanded (-1: a leaf), rank, q
+        sampled = temperature > 0
+        # per node: token, parent, value, depth, cache slot once expanded (-1: a leaf), rank, q,
+        # and (sampled trees) the index in q_rows of the distribution it was drawn from
         rank: list[int] = []
         qs: list[float] = []
         tok: list[int] = []
@@ -158,21 +185,34 @@ class DySpecProposer(Proposer):
         value: list[float] = []
         depth: list[int] = []
         slot: list[int] = []
+        q_rows: list[np.ndarray] = []
+        q_row: list[int] = []
+
+        def dist(x) -> np.ndarray:
+            return (x / temperature if sampled else x).softmax(-1).numpy()
 
         def add_children(p: int, probs: np.ndarray, base: float, d: int) -> list[int]:
-            top = np.argsort(-probs, kind="stable")[:topk]
-            new = []
+            if sampled:
+                top = sample_without_replacement(probs, topk, self._rng)
+                q_rows.append(probs)
+            else:
+                top = np.argsort(-probs, kind="stable")[:topk]
+            new, cap = [], base
             for r, t in enumerate(top):
                 q = float(probs[t])
                 v = base * cal.prob(r, q)
+                if sampled:  # a draw-order prefix of siblings survives every cut (module doc)
+                    v = cap = min(v, cap)
                 if v < o.min_value:
+                    if sampled:
+                        break
                     continue
                 tok.append(int(t)), parent.append(p), value.append(v), depth.append(d), slot.append(-1)
-                rank.append(r), qs.append(q)
+                rank.append(r), qs.append(q), q_row.append(len(q_rows) - 1)
                 new.append(len(tok) - 1)
             return new
 
-        level = add_children(-1, logits.softmax(-1).numpy(), 1.0, 1)
+        level = add_children(-1, dist(logits), 1.0, 1)
         next_slot = len(tokens)  # cache index of the next appended tree node
         try:
             for d in range(1, max_depth):
@@ -194,7 +234,7 @@ class DySpecProposer(Proposer):
                     next_slot += 1
                 level_logits = lm.tree_level(req_id, [tok[i] for i in expand],
                                              [len(tokens) - 1 + d] * len(expand), anc)
-                probs = level_logits.softmax(-1).numpy()
+                probs = dist(level_logits)
                 level = []
                 for row, i in enumerate(expand):
                     level += add_children(i, probs[row], value[i], d + 1)
@@ -208,6 +248,11 @@ class DySpecProposer(Proposer):
         self._sent[req_id] = _Sent(len(tokens), [tok[i] for i in order],
                                    [index[parent[i]] if parent[i] >= 0 else -1 for i in order],
                                    [rank[i] for i in order], [qs[i] for i in order])
-        return DraftTree(np.asarray([tok[i] for i in order]),
-                         np.asarray([index[parent[i]] if parent[i] >= 0 else -1 for i in order]),
-                         scores=np.asarray([value[i] for i in order], np.float32))
+        tree_tokens = np.asarray([tok[i] for i in order])
+        tree_parents = np.asarray([index[parent[i]] if parent[i] >= 0 else -1 for i in order])
+        scores = np.asarray([value[i] for i in order], np.float32)
+        if not sampled:
+            return DraftTree(tree_tokens, tree_parents, scores=scores)
+        # siblings in draw order: their indices grew with it and the parents-first sort keeps it
+        q = np.stack([q_rows[q_row[i]] for i in order]).astype(np.float32, copy=False)
+        return DraftTree(tree_tokens, tree_parents, draft_probs=q, deterministic=False, scores=scores)

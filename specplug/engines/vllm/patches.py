@@ -287,10 +287,12 @@ class TreeAttentionCPU:
                 raise RuntimeError(f"specplug tree verification: request {r.req_id}: attention metadata "
                                    f"(seq_len {seq_len}) does not match the scheduled tree window "
                                    f"(prefix {r.prefix} + {w}); refusing to compute a wrong mask")
-            q = query[r.q_start : r.q_start + w].view(w, impl.num_heads, -1)
-            out[r.q_start : r.q_start + w] = tree_step.tree_attention(
-                q, key_cache, value_cache, attn_metadata.block_table[r.row], seq_len,
-                r.mask, impl.scale, layout)
+            a, b = r.q_start + r.first_masked_row, r.q_start + w  # rows the causal mask got wrong
+            if a == b:  # a chain (a sampling request's): the backend's rows are the tree's
+                continue
+            out[a:b] = tree_step.tree_attention(
+                query[a:b].view(b - a, impl.num_heads, -1), key_cache, value_cache,
+                attn_metadata.block_table[r.row], seq_len, r.mask, impl.scale, layout)
         ctx.attention_layers += 1
 
     @classmethod
@@ -373,7 +375,8 @@ class TreeAcceptance:
             window = ctx.slots[r.row]  # slots of [root, node 0, ...]
             # depth d's node (window index 1 + node) goes to window index d
             moves += [(int(window[1 + node]), int(window[d])) for d, node in enumerate(nodes, start=1)]
-            tree_step.record(r.tree.num_nodes, len(nodes), logger, sampled=r.mode == "sample")
+            tree_step.record(r.tree.num_nodes, len(nodes), logger, sampled=r.mode == "sample",
+                             stochastic=r.mode == "sample" and not r.tree.deterministic)
         tree_step.compact_kv(runner.kv_caches, moves, TreeAttentionCPU.split_kv, ctx.layout)
         ctx.rows = []  # done: nothing may apply twice
 

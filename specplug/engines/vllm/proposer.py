@@ -141,6 +141,15 @@ class SpecplugProposer:
             self._gc[0], self._gc[2] = 0.0, 0
         return out
 
+    def _budget(self, req_id: str, size: int) -> Budget:
+        """A tree when this step's tree patches will verify it; for a plain-temperature sampling
+        request its temperature too (TreeAcceptance verifies a stochastic tree by recursive
+        rejection, so a proposer may sample its drafts)."""
+        mode = tree_mode(req_id, self._input_batch, self._requests) if self.config.tree and size > 0 else None
+        if mode != "sample":
+            return Budget(max(size, 1), tree=mode is not None)
+        return Budget(size, tree=True, temperature=float(self._requests[req_id].sampling_params.temperature))
+
     def _propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu):
         out: list[list[int]] = [[] for _ in sampled_token_ids]
         if self._input_batch is None:
@@ -191,9 +200,7 @@ class SpecplugProposer:
         if not batch:
             self.planner.step_finished(0)
             return out
-        budgets = [Budget(max(size, 1), tree=self.config.tree and size > 0
-                          and tree_mode(r.req_id, self._input_batch, self._requests) is not None)
-                   for r, size in zip(batch, sizes)]
+        budgets = [self._budget(r.req_id, size) for r, size in zip(batch, sizes)]
         self.planner.propose_started()
         try:
             trees = self.proposer.propose(batch, budgets)
@@ -207,6 +214,10 @@ class SpecplugProposer:
         for row, req, tree, size, b in zip(rows, batch, trees, sizes, budgets):
             if b.tree and tree.num_nodes > 0:
                 tree = tree.subtree(range(min(tree.num_nodes, b.max_nodes)))  # parents-first: a prefix is a tree
+                # Lead path (the best one) first: its rows are then computed by the attention backend
+                # as in a chain step (only the other branches get the tree mask), and vLLM's own
+                # truncation of the drafts near max_model_len keeps it.
+                tree = tree.lead_path_first()
                 out[row] = [int(t) for t in tree.tokens]
                 self.pending_trees[req.req_id] = tree
                 self.planner.drafted(req.req_id, out[row], sent=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from specplug.tree import DraftTree
-from specplug.verify import greedy_verify, sample_and_match, target_probs
+from specplug.verify import greedy_verify, recursive_rejection, sample_and_match, target_probs
 
 
 @dataclass
@@ -45,10 +45,16 @@ class TreeRow:
     tree: DraftTree  # the n scheduled nodes, topological order
     mode: str = "greedy"  # or "sample" (tree_mode)
     mask: torch.Tensor | None = None  # window_mask(tree), built once per step, read by every layer
+    # Window rows before this one (the root and the tree's leading chain) attend to exactly what
+    # the causal mask lets them see, so the backend's own output stands for them: recomputing them
+    # would change nothing in exact arithmetic and only round differently from a chain step (the
+    # vLLM adapter puts each tree's best path first, DraftTree.lead_path_first).
+    first_masked_row: int = 0
 
     def __post_init__(self) -> None:
         if self.mask is None:
             self.mask = window_mask(self.tree)
+        self.first_masked_row = 1 + self.tree.leading_chain()
 
 
 @dataclass
@@ -61,19 +67,23 @@ class StepContext:
 
 CURRENT = StepContext()  # one model runner per worker process; reset by every _prepare_inputs
 LAYOUTS: dict = {}  # (kv heads, block size, head dim, dtype, backend isa) -> CacheLayout
-STATS = {"trees": 0, "nodes": 0, "accepted": 0, "sampled": 0}  # worker-wide, logged now and then
+STATS = {"trees": 0, "nodes": 0, "accepted": 0, "sampled": 0, "stochastic": 0}  # worker-wide, logged now and then
 
 
-def record(num_nodes: int, num_accepted: int, logger, sampled: bool = False, every: int = 256) -> None:
-    first = STATS["trees"] == 0 or (sampled and STATS["sampled"] == 0)
+def record(num_nodes: int, num_accepted: int, logger, sampled: bool = False, stochastic: bool = False,
+           every: int = 256) -> None:
+    first = (STATS["trees"] == 0 or (sampled and STATS["sampled"] == 0)
+             or (stochastic and STATS["stochastic"] == 0))
     STATS["trees"] += 1
     STATS["sampled"] += int(sampled)
+    STATS["stochastic"] += int(stochastic)
     STATS["nodes"] += num_nodes
     STATS["accepted"] += num_accepted
     if first or STATS["trees"] % every == 0:
         t = STATS["trees"]
         logger.info("specplug: tree verification: %d trees verified in this worker (%d of sampling "
-                    "requests), %.1f nodes and %.2f accepted per tree", t, STATS["sampled"],
+                    "requests, %d of them drawn by sampling and verified by recursive rejection), "
+                    "%.1f nodes and %.2f accepted per tree", t, STATS["sampled"], STATS["stochastic"],
                     STATS["nodes"] / t, STATS["accepted"] / t)
 
 
@@ -191,20 +201,23 @@ class CacheLayout:
 def tree_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
                    block_row: torch.Tensor, seq_len: int, mask: torch.Tensor, scale: float,
                    layout: CacheLayout) -> torch.Tensor:
-    """Attention of a request's verify window with the tree mask, read from a paged cache.
+    """Attention of window rows with the tree mask, read from a paged cache.
 
-    query: [w, Hq, D] (w = n + 1 window rows); key_cache/value_cache: [num_blocks, Hkv, bs, D]
-    views laid out as ``layout`` says; block_row: the request's block table row; seq_len:
-    prefix + w. Returns [w, Hq, D]: float32 softmax, output in the query's dtype.
+    query: [r, Hq, D], the last r rows of a request's verify window of w = mask.shape[0] rows
+    (r = w: the whole window); key_cache/value_cache: [num_blocks, Hkv, bs, D] views laid out as
+    ``layout`` says; block_row: the request's block table row; seq_len: prefix + w. Returns
+    [r, Hq, D]: float32 softmax, output in the query's dtype.
     """
-    w = query.shape[0]
+    w = mask.shape[0]
+    r = query.shape[0]
+    mask = mask[w - r:]
     hq = query.shape[1]
     k = layout.gather(key_cache, block_row, seq_len, keys=True).float()  # [L, Hkv, D]
     v = layout.gather(value_cache, block_row, seq_len, keys=False).float()
     rep = hq // k.shape[1]
     if rep > 1:  # grouped-query attention: each KV head serves `rep` query heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    allowed = torch.ones(w, seq_len, dtype=torch.bool)
+    allowed = torch.ones(r, seq_len, dtype=torch.bool)
     allowed[:, seq_len - w:] = mask
     scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
     scores = scores.masked_fill(~allowed[None], float("-inf"))
@@ -217,16 +230,18 @@ def accept(tree: DraftTree, window_logits: torch.Tensor, mode: str, temperature:
     """(accepted node ids, committed tokens = their tokens + the bonus/correction) from the
     logits of the window rows [root, node 0, ..., node n-1].
 
-    greedy: the longest path of argmax tokens. sample: sample-and-match (specplug/verify.py),
-    exact for deterministic drafts: at each node draw y ~ softmax(logits / T), descend if a child
-    holds y, else emit y; the request's own seeded generator (if any) supplies the uniforms.
+    greedy: the longest path of argmax tokens. sample (specplug/verify.py), with the request's own
+    seeded generator (if any) supplying the uniforms: for deterministic drafts sample-and-match
+    (at each node draw y ~ softmax(logits / T), descend if a child holds y, else emit y); for a
+    stochastic tree, whose children were drawn from ``draft_probs`` without replacement in index
+    order, recursive rejection.
     """
     if mode == "greedy":
         res = greedy_verify(tree, window_logits)
     else:
         probs = target_probs(window_logits, temperature=temperature)
         uniforms = torch.rand(tree.num_nodes + 1, 2, generator=generator, dtype=torch.float64)
-        res = sample_and_match(tree, probs, uniforms)
+        res = (sample_and_match if tree.deterministic else recursive_rejection)(tree, probs, uniforms)
     return res.accepted_nodes, res.tokens
 
 
