@@ -322,13 +322,11 @@ class DraftTree:
         order, which recursive rejection reads, so no later-drawn child may move ahead of them)."""
         if self.deterministic:
             return self.best_path()
-        path, node = [], -1
-        while True:
-            kids = np.flatnonzero(self.parents == node)
-            if not kids.size:
-                return path
-            node = int(kids[0])
-            path.append(node)
+        path, kids = [], self.children(-1)
+        while kids.size:
+            path.append(int(kids[0]))
+            kids = self.children(path[-1])
+        return path
 
     def lead_path_first(self) -> "DraftTree":
         """The same tree with ``lead_path()`` as nodes 0..d-1 and the other nodes after it in their

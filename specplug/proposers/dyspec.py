@@ -245,14 +245,14 @@ class DySpecProposer(Proposer):
         order = sorted(range(len(tok)), key=lambda i: (-value[i], depth[i], i))[:budget]
         order.sort(key=lambda i: (depth[i], i))  # parents first
         index = {old: new for new, old in enumerate(order)}
-        self._sent[req_id] = _Sent(len(tokens), [tok[i] for i in order],
-                                   [index[parent[i]] if parent[i] >= 0 else -1 for i in order],
+        tree_tokens = [tok[i] for i in order]
+        tree_parents = [index[parent[i]] if parent[i] >= 0 else -1 for i in order]
+        self._sent[req_id] = _Sent(len(tokens), tree_tokens, tree_parents,
                                    [rank[i] for i in order], [qs[i] for i in order])
-        tree_tokens = np.asarray([tok[i] for i in order])
-        tree_parents = np.asarray([index[parent[i]] if parent[i] >= 0 else -1 for i in order])
         scores = np.asarray([value[i] for i in order], np.float32)
         if not sampled:
-            return DraftTree(tree_tokens, tree_parents, scores=scores)
+            return DraftTree(np.asarray(tree_tokens), np.asarray(tree_parents), scores=scores)
         # siblings in draw order: their indices grew with it and the parents-first sort keeps it
         q = np.stack([q_rows[q_row[i]] for i in order]).astype(np.float32, copy=False)
-        return DraftTree(tree_tokens, tree_parents, draft_probs=q, deterministic=False, scores=scores)
+        return DraftTree(np.asarray(tree_tokens), np.asarray(tree_parents), draft_probs=q, deterministic=False,
+                         scores=scores)

@@ -214,9 +214,9 @@ class SpecplugProposer:
         for row, req, tree, size, b in zip(rows, batch, trees, sizes, budgets):
             if b.tree and tree.num_nodes > 0:
                 tree = tree.subtree(range(min(tree.num_nodes, b.max_nodes)))  # parents-first: a prefix is a tree
-                # Lead path (the best one) first: its rows are then computed by the attention backend
-                # as in a chain step (only the other branches get the tree mask), and vLLM's own
-                # truncation of the drafts near max_model_len keeps it.
+                # Lead path first (DraftTree.lead_path): its rows are then computed by the attention
+                # backend as in a chain step (only the other branches get the tree mask), and vLLM's
+                # own truncation of the drafts near max_model_len keeps it.
                 tree = tree.lead_path_first()
                 out[row] = [int(t) for t in tree.tokens]
                 self.pending_trees[req.req_id] = tree

@@ -46,10 +46,9 @@ class TreeRow:
     mode: str = "greedy"  # or "sample" (tree_mode)
     mask: torch.Tensor | None = None  # window_mask(tree), built once per step, read by every layer
     # Window rows before this one (the root and the tree's leading chain) attend to exactly what
-    # the causal mask lets them see, so the backend's own output stands for them: recomputing them
-    # would change nothing in exact arithmetic and only round differently from a chain step (the
-    # vLLM adapter puts each tree's best path first, DraftTree.lead_path_first).
-    first_masked_row: int = 0
+    # the causal mask lets them see, so the backend's own output stands for them (the vLLM adapter
+    # lays each tree's lead path first, DraftTree.lead_path_first). Derived from the tree.
+    first_masked_row: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         if self.mask is None:
