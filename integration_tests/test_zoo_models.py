@@ -110,6 +110,10 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
     if d["method"] == "swift":  # the search ran inside the engine and saved what it found
         saved = json.loads((tmp_path / "skip-sets.json").read_text())
         assert list(saved) == [f"{zoo_model('target').resolve()}::default"]
+        # it drafted against vLLM's own paged KV (read, never written), checked at the first read
+        log = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
+        assert "swift reads the target's keys and values from vLLM's paged KV cache" in log, log[-3000:]
+        assert "keys and values read from the engine's KV cache match a recomputation" in log
 
 
 SAMPLED_N, SAMPLED_POSITIONS = 512, 4

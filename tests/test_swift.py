@@ -85,6 +85,7 @@ def proposer(target, **kw):
 
 def test_drafts_are_the_skipped_models_greedy_chain_with_early_stop(target, hf, prompt):
     attention, mlp = [2, 4], [3, 5, 6]
+    lengths = {}
     for threshold in (0.0, 0.5):
         prop = proposer(target, skip_set={"attention": attention, "mlp": mlp}, stop_threshold=threshold)
         skipped = skipped_hf(hf, attention, mlp)
@@ -94,15 +95,15 @@ def test_drafts_are_the_skipped_models_greedy_chain_with_early_stop(target, hf, 
             for _ in range(8):  # oracle: every step recomputed; committed tokens but the root in the full cache
                 probs = hybrid_logits(hf, skipped, ids[: len(ctx) - 1], ids[len(ctx) - 1 :])[-1].softmax(-1)
                 p, t = probs.max(-1)
-                if want and float(p) < threshold:
-                    break
                 want.append(int(t))
                 if float(p) < threshold:
                     break
                 ids.append(int(t))
             assert chain.chain_tokens() == want
+            lengths.setdefault(threshold, []).append(len(want))
             cache, cached = prop._caches["r"]
-            assert cached == ctx[:-1] and all(k.shape[1] == len(ctx) - 1 for k, _ in cache)
+            assert cached == ctx[:-1] and cache.length == len(ctx) - 1
+    assert set(lengths[0.0]) == {8} and min(lengths[0.5]) < 8  # the early stop was exercised
 
 
 def test_matchness_is_the_teacher_forced_agreement(target, hf, prompt):
@@ -117,7 +118,55 @@ def test_matchness_is_the_teacher_forced_agreement(target, hf, prompt):
     logits = hybrid_logits(hf, skipped_hf(hf, attention, mlp), tokens[:start], tokens[start:-1])
     want = float((logits.argmax(-1) == torch.tensor(tokens[start + 1 :])).float().mean())
     assert got == pytest.approx(want)
-    assert all(k.shape[1] == len(tokens) for k, _ in cache)  # scoring leaves the cache as it was
+    assert cache.length == len(tokens)  # scoring leaves the cache as it was
+
+
+class RecordedTargetKV:
+    """An engine's KV cache as ``TargetKV`` reads it: the full model's keys and values of each
+    request's tokens (computed here by transformers), optionally perturbed."""
+
+    def __init__(self, hf, tokens_of: dict, noise: float = 0.0):
+        from transformers import DynamicCache
+
+        self.num_layers, self.dtype, self.kv, self.reads = hf.config.num_hidden_layers, torch.float32, {}, []
+        for rid, tokens in tokens_of.items():
+            cache = DynamicCache(config=hf.config)
+            with torch.no_grad():
+                hf(torch.tensor([tokens]), past_key_values=cache, use_cache=True)
+            g = torch.Generator().manual_seed(0)
+            self.kv[rid] = [(layer.keys[0] + noise * torch.randn(layer.keys[0].shape, generator=g), layer.values[0])
+                            for layer in cache.layers]
+
+    def read(self, req_id, start, end):
+        self.reads.append((req_id, start, end))
+        kv = self.kv.get(req_id)
+        return None if kv is None else [(k[:, start:end], v[:, start:end]) for k, v in kv]
+
+
+def test_drafts_against_the_engines_kv_are_the_same_and_a_wrong_reader_is_dropped(target, hf, prompt, caplog):
+    """With the committed tokens' keys and values read from the engine (here: transformers' own,
+    as vLLM's paged cache holds the target's), the drafts are the recomputing proposer's; the
+    reader is checked at its first read, and one whose keys disagree is dropped, loudly."""
+    skip = {"attention": [2, 4], "mlp": [3, 5, 6]}
+    plain = proposer(target, skip_set=skip, stop_threshold=0.0)
+    reading = proposer(target, skip_set=skip, stop_threshold=0.0)
+    reader = RecordedTargetKV(hf, {"r": prompt[:45]})
+    reading.bind_target_kv(reader)
+    with caplog.at_level("INFO", logger="vllm.specplug"):
+        for n in (30, 33, 34, 40, 45):  # the request grows; each step reads only the new positions
+            ctx = np.asarray(prompt[:n])
+            want = plain.propose([ReqState("r", ctx, 20)], [Budget(6, tree=False)])[0]
+            got = reading.propose([ReqState("r", ctx, 20)], [Budget(6, tree=False)])[0]
+            assert got.chain_tokens() == want.chain_tokens()
+    assert reader.reads == [("r", 0, 29), ("r", 29, 32), ("r", 32, 33), ("r", 33, 39), ("r", 39, 44)]
+    assert "match a recomputation" in caplog.text
+    wrong = proposer(target, skip_set=skip, stop_threshold=0.0)
+    wrong.bind_target_kv(RecordedTargetKV(hf, {"r": prompt[:45]}, noise=0.5))
+    with caplog.at_level("INFO", logger="vllm.specplug"):
+        got = wrong.propose([ReqState("r", np.asarray(prompt[:30]), 20)], [Budget(6, tree=False)])[0]
+    assert "differ from a recomputation" in caplog.text and wrong.target_kv is None
+    want = plain.propose([ReqState("q", np.asarray(prompt[:30]), 20)], [Budget(6, tree=False)])[0]
+    assert got.chain_tokens() == want.chain_tokens()  # recomputed instead
 
 
 def test_the_search_rules():

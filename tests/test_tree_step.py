@@ -63,6 +63,9 @@ def test_layout_probe_reads_back_what_the_kernel_wrote(write):
     kc, vc = split(cache)
     assert torch.equal(layout.gather(kc, blocks, 10, keys=True), k)
     assert torch.equal(layout.gather(vc, blocks, 10, keys=False), v)
+    for start in range(10):  # a range of positions, as swift reads the newly committed ones
+        assert torch.equal(layout.gather(kc, blocks, 10, keys=True, start=start), k[start:])
+        assert torch.equal(layout.gather(vc, blocks, 7, keys=False, start=min(start, 7)), v[min(start, 7):7])
 
 
 def test_layout_probe_refuses_a_layout_that_mixes_blocks():

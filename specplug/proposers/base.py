@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -69,6 +69,18 @@ class VerifyInfo:
     root_token: int | None = None
 
 
+class TargetKV(Protocol):
+    """The target's keys and values of committed tokens, as an engine adapter exposes them
+    (specplug/engines/vllm/target_kv.py). Reading never changes the engine's cache."""
+
+    num_layers: int
+    dtype: object  # the cache's torch dtype
+
+    def read(self, req_id: str, start: int, end: int) -> list[tuple[object, object]] | None:
+        """Per layer (k, v), each a float32 tensor [kv_heads, end - start, head_dim] (keys after
+        RoPE) of positions start..end-1 of ``req_id``; None when the engine cannot say."""
+
+
 class Proposer(ABC):
     """Base class: one subclass per method, registered by name in ``specplug.proposers``."""
 
@@ -84,6 +96,13 @@ class Proposer(ABC):
     def bind_target(self, target) -> None:
         """The engine adapter names the target model (``specplug.proposers.drafters.TargetInfo``)
         before the first request; proposers with a drafter refuse one that does not fit it."""
+
+    # Whether this proposer drafts against the target's own keys and values (bind_target_kv).
+    reads_target_kv: ClassVar[bool] = False
+
+    def bind_target_kv(self, reader: "TargetKV") -> None:
+        """For ``reads_target_kv`` proposers: the engine adapter's read-only view of the target's
+        KV cache, so the proposer need not recompute the committed tokens' keys and values."""
 
     def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
         """A request arrives (or a req_id is reused: forget its previous state first)."""

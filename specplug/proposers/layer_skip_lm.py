@@ -1,10 +1,14 @@
 """A Llama decoder whose attention and MLP sub-layers can be skipped per call (SWIFT's drafter).
 
 Written out in torch from the folder's safetensors instead of calling transformers' modules, so
-that skipping a sub-layer is one ``if`` and the KV cache is ours: one (k, v) per layer, kept per
-request, holding the *full* model's keys and values of the committed tokens (as SWIFT drafts
-against the target's own cache). Draft tokens append to the layers they run and are cropped
-away afterwards. Checked against transformers' LlamaForCausalLM in tests/test_swift.py.
+that skipping a sub-layer is one ``if`` and the KV cache is ours (``LayerCache``: per request,
+holding the *full* model's keys and values of the committed tokens, as SWIFT drafts against the
+target's own cache). Draft tokens append to the layers they run and are cropped away afterwards.
+Checked against transformers' LlamaForCausalLM in tests/test_swift.py.
+
+Drafting runs this forward one token at a time, so it is written for few ops per layer: fused
+q/k/v and gate/up projections, a RoPE table (one op for q and k together), preallocated cache buffers
+(no concatenation of the past) and grouped-query attention without a mask for a single query.
 """
 
 from __future__ import annotations
@@ -30,6 +34,41 @@ def _rope_theta(cfg: dict, folder: Path) -> float:
     return float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
 
 
+class LayerCache:
+    """Keys and values of one sequence for every layer: [kv_heads, capacity, head_dim] buffers
+    of which the first ``length`` positions are valid (grown by doubling, never shrunk)."""
+
+    def __init__(self, num_layers: int, num_kv: int, head_dim: int, capacity: int = 256):
+        self.k = [torch.zeros(num_kv, capacity, head_dim) for _ in range(num_layers)]
+        self.v = [torch.zeros(num_kv, capacity, head_dim) for _ in range(num_layers)]
+        self.length = 0
+
+    def reserve(self, n: int) -> None:
+        cap = self.k[0].shape[1]
+        if n <= cap:
+            return
+        while cap < n:
+            cap *= 2
+        for buf in (self.k, self.v):
+            for i, old in enumerate(buf):
+                new = old.new_zeros(old.shape[0], cap, old.shape[2])
+                new[:, : old.shape[1]] = old
+                buf[i] = new
+
+    def crop(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def append(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keys and values ([kv_heads, n, head_dim] per layer) of the next n positions."""
+        n = layers[0][0].shape[1]
+        self.reserve(self.length + n)
+        a, b = self.length, self.length + n
+        for i, (k, v) in enumerate(layers):
+            self.k[i][:, a:b] = k
+            self.v[i][:, a:b] = v
+        self.length = b
+
+
 class LayerSkipLM:
     def __init__(self, folder: Path):
         from safetensors.torch import load_file
@@ -48,10 +87,12 @@ class LayerSkipLM:
         self.num_kv = int(cfg.get("num_key_value_heads", self.num_heads))
         self.head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // self.num_heads)
         self.eps = float(cfg.get("rms_norm_eps", 1e-6))
+        self.scale = self.head_dim ** -0.5
         self.vocab_size = int(cfg["vocab_size"])
         self.max_positions = int(cfg.get("max_position_embeddings", 1 << 30))
         theta = _rope_theta(cfg, folder)
         self.inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        self._cos = self._sin = torch.zeros(0, self.head_dim)
         w: dict[str, torch.Tensor] = {}
         for f in sorted(folder.glob("*.safetensors")):
             w.update({k: v.to(torch.float32) for k, v in load_file(f).items()})
@@ -63,64 +104,88 @@ class LayerSkipLM:
         self.layers = []
         for i in range(self.num_layers):
             p = f"model.layers.{i}."
-            self.layers.append({n: w[p + k] for n, k in (
-                ("ln1", "input_layernorm.weight"), ("ln2", "post_attention_layernorm.weight"),
-                ("q", "self_attn.q_proj.weight"), ("k", "self_attn.k_proj.weight"), ("v", "self_attn.v_proj.weight"),
-                ("o", "self_attn.o_proj.weight"), ("gate", "mlp.gate_proj.weight"), ("up", "mlp.up_proj.weight"),
-                ("down", "mlp.down_proj.weight"))})
+            g = lambda k: w.pop(p + k)  # noqa: E731  (fused below: the unfused copies are dropped)
+            self.layers.append({
+                "ln1": g("input_layernorm.weight"), "ln2": g("post_attention_layernorm.weight"),
+                "qkv": torch.cat([g("self_attn.q_proj.weight"), g("self_attn.k_proj.weight"), g("self_attn.v_proj.weight")]),
+                "o": g("self_attn.o_proj.weight"),
+                "gate_up": torch.cat([g("mlp.gate_proj.weight"), g("mlp.up_proj.weight")]),
+                "down": g("mlp.down_proj.weight")})
+
+    def _rope(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin tables [end', head_dim] covering positions < end (grown on demand)."""
+        if self._cos.shape[0] < end:
+            n = max(end, 2 * self._cos.shape[0], 256)
+            ang = torch.arange(n, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+            self._cos = torch.cat([ang.cos(), ang.cos()], dim=-1)
+            self._sin = torch.cat([-ang.sin(), ang.sin()], dim=-1)  # rotate_half's sign
+        return self._cos, self._sin
 
     def _rms(self, x, weight):
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        # written out: torch's fused rms_norm was 3x slower for one row on the reference CPU
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight
 
-    def _rotate(self, x, positions):
-        ang = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat([ang, ang], dim=-1)
-        cos, sin = emb.cos(), emb.sin()
-        half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rotated * sin
+    @staticmethod
+    def _rotate(x, cos, sin):
+        """RoPE, rotate-half form: x * cos + (-x2, x1) * sin, with the sign folded into ``sin``."""
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
-    def empty_cache(self) -> list[list[torch.Tensor]]:
-        z = torch.zeros(self.num_kv, 0, self.head_dim)
-        return [[z, z] for _ in range(self.num_layers)]
+    def empty_cache(self) -> LayerCache:
+        return LayerCache(self.num_layers, self.num_kv, self.head_dim)
 
     @torch.no_grad()
-    def forward(self, ids: list[int], start: int, cache, skip_attn=frozenset(), skip_mlp=frozenset(),
+    def forward(self, ids: list[int], start: int, cache: LayerCache, skip_attn=frozenset(), skip_mlp=frozenset(),
                 visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
         """Logits [n, V] of tokens ``ids`` at positions start.. (causal among themselves).
 
-        ``cache``: per layer [k, v] of shape [kv_heads, T, head_dim]; each layer that runs its
-        attention appends this call's keys and values to it (crop with ``crop``). ``visible``: how
-        many cached tokens the new ones attend to (default: all). ``logits=False`` only fills the
-        cache: the 49152-row head would cost as much as a tenth of the layers."""
+        The new tokens attend to the first ``visible`` cached positions (default: all, and then
+        ``start`` must be ``cache.length``) and each other; their keys and values are written at
+        positions cache.length.. of the layers that run attention, and cache.length grows by n
+        (``crop`` removes them again). ``logits=False`` only fills the cache: the 49152-row head
+        of SmolLM2 costs as much as a tenth of its layers."""
         n = len(ids)
-        positions = torch.arange(start, start + n)
+        past = cache.length if visible is None else visible
+        if visible is None and start != cache.length:
+            raise ValueError(f"forward at position {start} but the cache holds {cache.length} positions")
+        cache.reserve(cache.length + n)
+        a, b = cache.length, cache.length + n
+        cos, sin = self._rope(start + n)
+        cos, sin = cos[start : start + n], sin[start : start + n]
+        H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
+        mask = None
+        if n > 1:  # causal among the new tokens, all of the visible past
+            mask = torch.ones(n, past + n, dtype=torch.bool)
+            mask[:, past:] = torch.ones(n, n, dtype=torch.bool).tril()
         h = self.embed[torch.tensor(ids)]
         for i, L in enumerate(self.layers):
             if i not in skip_attn:
                 x = self._rms(h, L["ln1"])
-                q = (x @ L["q"].T).view(n, self.num_heads, self.head_dim).transpose(0, 1)
-                k = (x @ L["k"].T).view(n, self.num_kv, self.head_dim).transpose(0, 1)
-                v = (x @ L["v"].T).view(n, self.num_kv, self.head_dim).transpose(0, 1)
-                q, k = self._rotate(q, positions), self._rotate(k, positions)
-                past_k, past_v = cache[i]
-                if visible is not None:
-                    past_k, past_v = past_k[:, :visible], past_v[:, :visible]
-                keys, values = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
-                cache[i] = [torch.cat([cache[i][0], k], dim=1), torch.cat([cache[i][1], v], dim=1)]
-                P = keys.shape[1] - n
-                mask = torch.ones(n, P + n, dtype=torch.bool)
-                mask[:, P:] = torch.ones(n, n, dtype=torch.bool).tril()
-                rep = self.num_heads // self.num_kv
-                a = F.scaled_dot_product_attention(q, keys.repeat_interleave(rep, 0), values.repeat_interleave(rep, 0),
-                                                   attn_mask=mask)
-                h = h + a.transpose(0, 1).reshape(n, -1) @ L["o"].T
+                qkv = F.linear(x, L["qkv"]).view(n, H + 2 * Hkv, D).transpose(0, 1)
+                q, k = self._rotate(qkv[: H + Hkv], cos, sin).split([H, Hkv])  # one RoPE op for q and k
+                v = qkv[H + Hkv :]
+                cache.k[i][:, a:b], cache.v[i][:, a:b] = k, v
+                if visible is None:
+                    keys, values = cache.k[i][:, :b], cache.v[i][:, :b]
+                else:
+                    keys = torch.cat([cache.k[i][:, :visible], k], dim=1)
+                    values = torch.cat([cache.v[i][:, :visible], v], dim=1)
+                if n == 1:  # one query sees every key: plain matmuls beat sdpa's dispatch for a 1-row query
+                    if H != Hkv:
+                        q = q.view(Hkv, H // Hkv, D)
+                    w = torch.softmax((q @ keys.transpose(1, 2)) * self.scale, dim=-1)
+                    att = (w @ values).view(H, 1, D)
+                else:
+                    att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=H != Hkv)
+                h = h + F.linear(att.transpose(0, 1).reshape(n, H * D), L["o"])
             if i not in skip_mlp:
                 x = self._rms(h, L["ln2"])
-                h = h + (F.silu(x @ L["gate"].T) * (x @ L["up"].T)) @ L["down"].T
-        return self._rms(h, self.norm) @ self.lm_head.T if logits else None
+                gate, up = F.linear(x, L["gate_up"]).chunk(2, dim=-1)
+                h = h + F.linear(F.silu(gate) * up, L["down"])
+        cache.length = b
+        if not logits:
+            return None
+        return F.linear(self._rms(h, self.norm), self.lm_head)
 
     @staticmethod
-    def crop(cache, length: int) -> None:
-        for layer in cache:
-            layer[0], layer[1] = layer[0][:, :length], layer[1][:, :length]
+    def crop(cache: LayerCache, length: int) -> None:
+        cache.crop(length)

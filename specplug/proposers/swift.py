@@ -6,9 +6,11 @@ skipped; the first and last layers never are. Each step, for every request:
 
 1. its cache (the *full* model's keys and values of the committed tokens before the root, in
    specplug/proposers/layer_skip_lm.py) is cropped to the longest prefix still committed and
-   the newly verified tokens are fed through the full model;
-2. the skipped model drafts greedily from the root, stopping early when its top-1 probability
-   falls below ``stop_threshold`` (confidence-aware drafting), up to the budget.
+   extended by the newly verified tokens' keys and values: read from the engine's own KV cache
+   where the adapter offers a reader (``bind_target_kv``; vLLM: engines/vllm/target_kv.py), else
+   computed by feeding those tokens through the full model;
+2. the skipped model drafts greedily from the root, stopping early after the first token whose
+   top-1 probability falls below ``stop_threshold`` (confidence-aware drafting), up to the budget.
 
 Skip-set search (phase 1 of the paper), one candidate per engine step until it stops:
 - candidates: a random n-subset, or every ``bayes_interval``-th one the top n coordinates of a
@@ -25,7 +27,9 @@ Skip-set search (phase 1 of the paper), one candidate per engine step until it s
 Drafts are deterministic (argmax chains) and verified by matching, which is exact; the search
 only changes which tokens are proposed. The target's weights are a second copy loaded by the
 proposer from the target's folder (the engine's own model object is not driven from here), on
-the CPU, with a cache of its own: nothing the drafter computes reaches the engine's KV cache.
+the CPU, with a cache of its own: the engine's KV cache is only ever read, and nothing the
+drafter computes reaches it. The first read is checked against a recomputation (logged); a
+reader whose keys and values disagree is dropped, loudly.
 Trees are not built: where the engine verifies trees, the draft is still a chain.
 """
 
@@ -60,7 +64,7 @@ class SwiftOptions(ProposerOptions):
     bayes_interval: int = Field(25, ge=1, description="every n-th candidate comes from Bayesian optimisation")
     max_opt_iter: int = Field(1000, ge=1, description="candidates scored at most")
     max_tolerance_iter: int = Field(300, ge=1, description="stop after this many candidates without improvement")
-    stop_threshold: float = Field(0.8, ge=0.0, le=1.0, description="stop drafting when the top-1 probability is lower")
+    stop_threshold: float = Field(0.8, ge=0.0, le=1.0, description="stop drafting after a token whose top-1 probability is lower")
     task: str = Field("default", description="key of the saved skip set, with the model folder")
     cache_file: str | None = Field(None, description="JSON file of skip sets per (model, task); None: not saved")
     seed: int = Field(0, description="seed of the random and Bayesian search")
@@ -128,6 +132,7 @@ class SkipSearch:
 class SwiftProposer(Proposer):
     name = "swift"
     Options = SwiftOptions
+    reads_target_kv = True
 
     def __init__(self, options: SwiftOptions, num_speculative_tokens: int):
         super().__init__(options, num_speculative_tokens)
@@ -139,7 +144,9 @@ class SwiftProposer(Proposer):
                                    "(pip install 'specplug[swift]'), or give swift.skip_set") from None
         self.lm = None
         self.search: SkipSearch | None = None
-        self._caches: dict[str, tuple[list, list[int]]] = {}  # req_id -> (full-model cache, its tokens)
+        self._caches: dict[str, tuple[object, list[int]]] = {}  # req_id -> (full-model LayerCache, its tokens)
+        self.target_kv = None  # the engine's keys and values (bind_target_kv), checked at the first read
+        self._kv_checked = False
         if options.target_model is not None:
             self._load(Path(options.target_model).expanduser())
 
@@ -205,6 +212,13 @@ class SwiftProposer(Proposer):
         attention, mlp = self.search.coords_to_layers(self.search.current)
         return sorted(attention), sorted(mlp)
 
+    def bind_target_kv(self, reader) -> None:
+        if self.lm is not None and reader.num_layers != self.lm.num_layers:
+            logger.warning("specplug: swift: the engine's KV cache has %d attention layers, %s has %d; "
+                           "recomputing keys and values instead", reader.num_layers, self.folder, self.lm.num_layers)
+            return
+        self.target_kv = reader
+
     # ------------------------------------------------------------------ lifecycle
     def start(self, req_id: str, prompt_ids, tenant: str | None = None) -> None:
         self.stop(req_id)
@@ -224,16 +238,42 @@ class SwiftProposer(Proposer):
         keep = common_prefix(cached, tokens)
         self.lm.crop(cache, keep)
         if keep < len(tokens):
-            self.lm.forward(tokens[keep:], keep, cache, logits=False)
+            read = self.target_kv.read(req_id, keep, len(tokens)) if self.target_kv is not None else None
+            if read is not None and not self._kv_checked:
+                read = self._check_target_kv(read, tokens, keep)
+            if read is not None:
+                cache.append(read)
+            else:
+                self.lm.forward(tokens[keep:], keep, cache, logits=False)
         self._caches[req_id] = (cache, list(tokens))
         return cache
+
+    def _check_target_kv(self, read, tokens: list[int], keep: int):
+        """The first read against the full model's own keys and values of the same positions
+        (relative error per layer): a reader that disagrees is dropped, loudly."""
+        own = self.lm.empty_cache()
+        self.lm.forward(tokens, 0, own, logits=False)
+        err = max(float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-12))
+                  for i, (k, v) in enumerate(read)
+                  for got, want in ((k, own.k[i][:, keep:own.length]), (v, own.v[i][:, keep:own.length])))
+        tol = 1e-3 if self.target_kv.dtype == torch.float32 else 0.1
+        self._kv_checked = True
+        if err > tol:
+            logger.error("specplug: swift: the keys and values read from the engine's KV cache differ from a "
+                         "recomputation by %.2g (tolerance %.0e for %s); not reading them again", err, tol,
+                         self.target_kv.dtype)
+            self.target_kv = None
+            return None
+        logger.info("specplug: swift: the keys and values read from the engine's KV cache match a recomputation "
+                    "(relative error %.1e over %d layers and %d positions)", err, len(read), len(tokens) - keep)
+        return read
 
     def matchness(self, cache, tokens: list[int], coords) -> float:
         """Teacher-forced agreement of the skipped model with the last ``context_window`` tokens."""
         W = self.options.context_window
         start = len(tokens) - W - 1
         attention, mlp = self.search.coords_to_layers(coords)
-        cached = cache[0][0].shape[1]
+        cached = cache.length
         logits = self.lm.forward(tokens[start:-1], start, cache, attention, mlp, visible=start)
         self.lm.crop(cache, cached)  # the cache as it was
         return float((logits.argmax(-1) == torch.tensor(tokens[start + 1 :])).float().mean())
@@ -272,8 +312,8 @@ class SwiftProposer(Proposer):
             for step in range(cap):
                 probs = self.lm.forward([cur], base + step, cache, attention, mlp)[0].softmax(-1)
                 p, t = probs.max(-1)
-                if float(p) < self.options.stop_threshold and draft:
-                    break
+                # the token that falls below the threshold is still sent: its forward is paid
+                # for, and verifying one more token costs far less than drafting it did
                 draft.append(int(t)), conf.append(float(p))
                 if float(p) < self.options.stop_threshold:
                     break

@@ -59,6 +59,13 @@ REQUIREMENTS = (
     Requirement("vllm.v1.worker.gpu_model_runner:GPUModelRunner.initialize_kv_cache", source=("self.kv_cache_config =",)),
     Requirement("vllm.v1.kv_cache_interface:KVCacheGroupSpec", fields=("kv_cache_spec",)),
     Requirement("vllm.v1.kv_cache_interface:AttentionSpec"),
+    # swift reads the target's keys and values from the paged cache (target_kv.py)
+    Requirement("vllm.model_executor.models.utils:extract_layer_index", params=("layer_name",)),
+    Requirement("vllm.v1.attention.backends.cpu_attn:CPUAttentionBackendImpl.do_kv_cache_update",
+                params=("self", "layer", "key", "value", "kv_cache", "slot_mapping")),
+    Requirement("vllm.v1.worker.block_table:BlockTable.get_device_tensor", params=("self", "num_reqs")),
+    Requirement("vllm.v1.worker.block_table:BlockTable.__init__", source=("self.num_blocks_per_row",)),
+    Requirement("vllm.v1.worker.gpu_input_batch:InputBatch.__init__", source=("self.req_id_to_index",)),
     # drafters are checked against the target's folder and vocabulary (SpecplugProposer.__init__)
     Requirement("vllm.config:ModelConfig", fields=("model",)),
     Requirement("vllm.config:ModelConfig.get_vocab_size", params=("self",)),

@@ -177,7 +177,7 @@ class BindRequestIds:
             def propose_draft_token_ids(self, scheduler_output, sampled_token_ids, *a, **kw):
                 bind = getattr(getattr(self, "drafter", None), "bind_step", None)
                 if bind is not None:
-                    bind(self.input_batch, scheduler_output, getattr(self, "requests", None))
+                    bind(self.input_batch, scheduler_output, getattr(self, "requests", None), runner=self)
                 return orig(self, scheduler_output, sampled_token_ids, *a, **kw)
             return propose_draft_token_ids
 

@@ -54,6 +54,7 @@ class SpecplugProposer:
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput", trace=self._open_step_trace())
         self._input_batch = None
+        self._kv_bound = False
         self._sched = None
         self._started: set[str] = set()
         self._failed_once = False
@@ -103,7 +104,12 @@ class SpecplugProposer:
     def load_model(self, target_model) -> None:
         self.target_model = target_model  # model-free proposers ignore it
 
-    def bind_step(self, input_batch, scheduler_output, requests=None) -> None:
+    def bind_step(self, input_batch, scheduler_output, requests=None, runner=None) -> None:
+        if not self._kv_bound and runner is not None and self.proposer.reads_target_kv:
+            from specplug.engines.vllm import target_kv
+
+            target_kv.bind(self.proposer, runner)  # the caches exist once a step has run
+            self._kv_bound = True
         self._input_batch = input_batch
         self._sched = scheduler_output
         self._requests = requests

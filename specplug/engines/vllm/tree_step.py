@@ -179,14 +179,16 @@ class CacheLayout:
             raise RuntimeError("specplug tree verification: reading the backend's KV cache back did not return "
                                "what its cache-write kernel stored; refusing to verify trees")
 
-    def gather(self, cache: torch.Tensor, block_row: torch.Tensor, seq_len: int, keys: bool) -> torch.Tensor:
-        """[seq_len, H, D] from one half of the cache ([num_blocks, H, block_size, D] view)."""
+    def gather(self, cache: torch.Tensor, block_row: torch.Tensor, seq_len: int, keys: bool,
+               start: int = 0) -> torch.Tensor:
+        """[seq_len - start, H, D]: positions start..seq_len-1 from one half of the cache
+        ([num_blocks, H, block_size, D] view), one indexing op that touches only those slots."""
         nb, h = cache.shape[0], cache.shape[1]
         bs, D = self.block_size, self.head_dim
-        nblk = (seq_len + bs - 1) // bs
-        flat = cache.view(nb, h, bs * D)[block_row[:nblk].long()]  # [nblk, H, bs*D]
-        plain = flat[:, :, self.perm_k if keys else self.perm_v].view(nblk, h, bs, D)
-        return plain.permute(0, 2, 1, 3).reshape(nblk * bs, h, D)[:seq_len]
+        pos = torch.arange(start, seq_len)
+        blocks = block_row.long()[pos // bs]  # [n]
+        within = (self.perm_k if keys else self.perm_v).view(bs, D)[pos % bs]  # [n, D] flat offsets
+        return cache.view(nb, h, bs * D)[blocks[:, None, None], torch.arange(h)[None, :, None], within[:, None, :]]
 
     def move(self, cache: torch.Tensor, src: int, dst: int, keys: bool) -> None:
         """Copy one slot's [H, D] from slot ``src`` to slot ``dst`` in place."""
