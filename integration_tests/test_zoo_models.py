@@ -102,7 +102,10 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
     if d["method"] == "swift":  # search from scratch, and keep the found set out of the user's cache
         d["swift"] = dict(d["swift"], cache_file=str(tmp_path / "skip-sets.json"), context_window=16)
     cfg = SpecplugConfig.from_dict(d)
-    res = run_variant(Variant(config, cfg.to_vllm()), _request(str(zoo_model("target")), code_prompts), tmp_path)
+    # swift: every read of vLLM's paged KV is checked against a recomputation (not only the first)
+    env = {"SPECPLUG_CHECK_TARGET_KV": "1"} if d["method"] == "swift" else {}
+    res = run_variant(Variant(config, cfg.to_vllm(), env=env), _request(str(zoo_model("target")), code_prompts),
+                      tmp_path)
     assert res.get("ok"), res.get("error")
     got = res["phases"]["batch"]
     assert got["outputs"] == target_baseline["outputs"]
@@ -114,6 +117,8 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
         log = "\n".join(p.read_text() for p in tmp_path.glob("*.log"))
         assert "swift reads the target's keys and values from vLLM's paged KV cache" in log, log[-3000:]
         assert "keys and values read from the engine's KV cache match a recomputation" in log
+        assert "differ from a recomputation" not in log
+        assert "swift drafts with vLLM's own modules of the served model" in log
 
 
 SAMPLED_N, SAMPLED_POSITIONS = 512, 4

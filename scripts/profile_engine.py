@@ -5,7 +5,8 @@
     python scripts/profile_engine.py never                      # specplug suffix that never drafts
 
 Runs vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) on the tiny fp32
-model: 16 random 60-token prompts x 128 greedy tokens, one warm-up round, then three profiled
+model (``--model zoo-target``: the 8-layer zoo target): 16 (``--requests``) random 60-token
+prompts x 128 greedy tokens, one warm-up round, then three profiled
 rounds. Prints tokens/s (inflated by the profiler's overhead: compare runs, not absolutes) and
 the functions with the most cumulative time. ``never`` asks for a draft for every request every
 step and gets none (budget offset -100, controller off): the adapter's own per-request cost.
@@ -25,6 +26,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", help="'none', 'never' or a specplug YAML")
     p.add_argument("--top", type=int, default=40)
+    p.add_argument("--model", default="tiny", help="'tiny' (default) or 'zoo-target' (8 layers, needed by swift)")
+    p.add_argument("--requests", type=int, default=16, help="requests per round, all in flight (1: c=1)")
     p.add_argument("--out", help="also write the raw profile here (pstats format)")
     args = p.parse_args()
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process, so it is profiled
@@ -47,10 +50,16 @@ def main() -> int:
                                          "suffix": {"max_spec_factor": 0.0001, "max_spec_offset": -100}}).to_vllm()
     else:
         spec = SpecplugConfig.from_yaml(args.config).to_vllm()
-    llm = LLM(model=str(build_tiny_llama()), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
+    if args.model == "tiny":
+        model, vocab = build_tiny_llama(), 1024
+    else:
+        from specplug.zoo import zoo_model
+
+        model, vocab = zoo_model(args.model.removeprefix("zoo-")), 4096
+    llm = LLM(model=str(model), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0,
               speculative_config=spec, max_num_seqs=64)
     rng = np.random.default_rng(0)
-    prompts = [{"prompt_token_ids": rng.integers(2, 1024, size=60).tolist()} for _ in range(16)]
+    prompts = [{"prompt_token_ids": rng.integers(2, vocab, size=60).tolist()} for _ in range(args.requests)]
     params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
     llm.generate(prompts, params, use_tqdm=False)  # warm-up
     prof = cProfile.Profile()
@@ -60,7 +69,7 @@ def main() -> int:
         llm.generate(prompts, params, use_tqdm=False)
     prof.disable()
     seconds = time.perf_counter() - t0
-    print(f"{args.config}: {3 * 16 * 128 / seconds:.0f} tok/s under the profiler")
+    print(f"{args.config}: {3 * args.requests * 128 / seconds:.0f} tok/s under the profiler")
     if args.out:
         prof.dump_stats(args.out)
     stats = pstats.Stats(prof, stream=sys.stdout)

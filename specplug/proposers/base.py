@@ -97,8 +97,14 @@ class Proposer(ABC):
         """The engine adapter names the target model (``specplug.proposers.drafters.TargetInfo``)
         before the first request; proposers with a drafter refuse one that does not fit it."""
 
-    # Whether this proposer drafts against the target's own keys and values (bind_target_kv).
+    # Whether this proposer drafts against the target's own keys and values (bind_target_kv)
+    # with the target's own weights (bind_target_model).
     reads_target_kv: ClassVar[bool] = False
+    uses_target_model: ClassVar[bool] = False
+
+    def bind_target_model(self, decoder) -> None:
+        """For ``uses_target_model`` proposers: the served model, wrapped by the engine adapter
+        as a ``specplug.proposers.layer_skip_lm.SkipDecoder``."""
 
     def bind_target_kv(self, reader: "TargetKV") -> None:
         """For ``reads_target_kv`` proposers: the engine adapter's read-only view of the target's

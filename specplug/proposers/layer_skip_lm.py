@@ -69,10 +69,78 @@ class LayerCache:
         self.length = b
 
 
-class LayerSkipLM:
-    def __init__(self, folder: Path):
-        from safetensors.torch import load_file
+class SkipDecoder:
+    """The layer-skipping forward of a pre-norm decoder over a ``LayerCache``; subclasses supply
+    the sub-layers (``_embed``, ``_qkv``, ``_attn_out``, ``_mlp``, ``_logits``): here from the
+    folder's weights (LayerSkipLM), or the engine's own modules (engines/vllm/swift_model.py).
+    Attention runs here, in float32, against the cache."""
 
+    num_layers: int
+    num_heads: int
+    num_kv: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+
+    def empty_cache(self) -> LayerCache:
+        return LayerCache(self.num_layers, self.num_kv, self.head_dim)
+
+    @staticmethod
+    def crop(cache: LayerCache, length: int) -> None:
+        cache.crop(length)
+
+    @torch.no_grad()
+    def forward(self, ids: list[int], start: int, cache: LayerCache, skip_attn=frozenset(), skip_mlp=frozenset(),
+                visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
+        """Logits [n, V] of tokens ``ids`` at positions start.. (causal among themselves).
+
+        The new tokens attend to the first ``visible`` cached positions (default: all, and then
+        ``start`` must be ``cache.length``) and each other; their keys and values are written at
+        positions cache.length.. of the layers that run attention, and cache.length grows by n
+        (``crop`` removes them again). ``logits=False`` only fills the cache: the 49152-row head
+        of SmolLM2 costs as much as a tenth of its layers."""
+        n = len(ids)
+        past = cache.length if visible is None else visible
+        if visible is None and start != cache.length:
+            raise ValueError(f"forward at position {start} but the cache holds {cache.length} positions")
+        cache.reserve(cache.length + n)
+        a, b = cache.length, cache.length + n
+        H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
+        scale = D ** -0.5
+        mask = None
+        if n > 1:  # causal among the new tokens, all of the visible past
+            mask = torch.ones(n, past + n, dtype=torch.bool)
+            mask[:, past:] = torch.ones(n, n, dtype=torch.bool).tril()
+        h = self._embed(ids)
+        for i in range(self.num_layers):
+            if i not in skip_attn:
+                q, k, v = self._qkv(i, h, start)  # float32 [heads, n, D], keys after RoPE
+                cache.k[i][:, a:b], cache.v[i][:, a:b] = k, v
+                if visible is None:
+                    keys, values = cache.k[i][:, :b], cache.v[i][:, :b]
+                else:
+                    keys = torch.cat([cache.k[i][:, :visible], k], dim=1)
+                    values = torch.cat([cache.v[i][:, :visible], v], dim=1)
+                if n == 1:  # one query sees every key: plain matmuls beat sdpa's dispatch for a 1-row query
+                    if H != Hkv:
+                        q = q.reshape(Hkv, H // Hkv, D)
+                    w = torch.softmax((q @ keys.transpose(1, 2)) * scale, dim=-1)
+                    att = (w @ values).view(H, 1, D)
+                else:
+                    att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=H != Hkv)
+                h = h + self._attn_out(i, att.transpose(0, 1).reshape(n, H * D))
+            if i not in skip_mlp:
+                h = h + self._mlp(i, h)
+        cache.length = b
+        return self._logits(h) if logits else None
+
+
+class LayerSkipLM(SkipDecoder):
+    """The decoder from a transformers Llama folder's safetensors, in fp32 (a second copy)."""
+
+    @staticmethod
+    def read_config(folder: Path) -> dict:
+        """The folder's config.json, refused (naming the key) where this forward does not fit it."""
         cfg = json.loads((folder / "config.json").read_text())
         arch = (cfg.get("architectures") or ["?"])[0]
         if arch not in SUPPORTED_ARCHITECTURES:
@@ -82,12 +150,18 @@ class LayerSkipLM:
                 raise LayerSkipError(f"swift: {folder}: {key}: true is not supported")
         if cfg.get("hidden_act", "silu") != "silu":
             raise LayerSkipError(f"swift: {folder}: hidden_act {cfg['hidden_act']!r} is not supported")
+        _rope_theta(cfg, folder)
+        return cfg
+
+    def __init__(self, folder: Path):
+        from safetensors.torch import load_file
+
+        cfg = self.read_config(folder)
         self.num_layers = int(cfg["num_hidden_layers"])
         self.num_heads = int(cfg["num_attention_heads"])
         self.num_kv = int(cfg.get("num_key_value_heads", self.num_heads))
         self.head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // self.num_heads)
         self.eps = float(cfg.get("rms_norm_eps", 1e-6))
-        self.scale = self.head_dim ** -0.5
         self.vocab_size = int(cfg["vocab_size"])
         self.max_positions = int(cfg.get("max_position_embeddings", 1 << 30))
         theta = _rope_theta(cfg, folder)
@@ -130,62 +204,25 @@ class LayerSkipLM:
         """RoPE, rotate-half form: x * cos + (-x2, x1) * sin, with the sign folded into ``sin``."""
         return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
-    def empty_cache(self) -> LayerCache:
-        return LayerCache(self.num_layers, self.num_kv, self.head_dim)
+    def _embed(self, ids):
+        return self.embed[torch.tensor(ids)]
 
-    @torch.no_grad()
-    def forward(self, ids: list[int], start: int, cache: LayerCache, skip_attn=frozenset(), skip_mlp=frozenset(),
-                visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
-        """Logits [n, V] of tokens ``ids`` at positions start.. (causal among themselves).
-
-        The new tokens attend to the first ``visible`` cached positions (default: all, and then
-        ``start`` must be ``cache.length``) and each other; their keys and values are written at
-        positions cache.length.. of the layers that run attention, and cache.length grows by n
-        (``crop`` removes them again). ``logits=False`` only fills the cache: the 49152-row head
-        of SmolLM2 costs as much as a tenth of its layers."""
-        n = len(ids)
-        past = cache.length if visible is None else visible
-        if visible is None and start != cache.length:
-            raise ValueError(f"forward at position {start} but the cache holds {cache.length} positions")
-        cache.reserve(cache.length + n)
-        a, b = cache.length, cache.length + n
+    def _qkv(self, i, h, start):
+        L, n = self.layers[i], h.shape[0]
+        H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
         cos, sin = self._rope(start + n)
         cos, sin = cos[start : start + n], sin[start : start + n]
-        H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
-        mask = None
-        if n > 1:  # causal among the new tokens, all of the visible past
-            mask = torch.ones(n, past + n, dtype=torch.bool)
-            mask[:, past:] = torch.ones(n, n, dtype=torch.bool).tril()
-        h = self.embed[torch.tensor(ids)]
-        for i, L in enumerate(self.layers):
-            if i not in skip_attn:
-                x = self._rms(h, L["ln1"])
-                qkv = F.linear(x, L["qkv"]).view(n, H + 2 * Hkv, D).transpose(0, 1)
-                q, k = self._rotate(qkv[: H + Hkv], cos, sin).split([H, Hkv])  # one RoPE op for q and k
-                v = qkv[H + Hkv :]
-                cache.k[i][:, a:b], cache.v[i][:, a:b] = k, v
-                if visible is None:
-                    keys, values = cache.k[i][:, :b], cache.v[i][:, :b]
-                else:
-                    keys = torch.cat([cache.k[i][:, :visible], k], dim=1)
-                    values = torch.cat([cache.v[i][:, :visible], v], dim=1)
-                if n == 1:  # one query sees every key: plain matmuls beat sdpa's dispatch for a 1-row query
-                    if H != Hkv:
-                        q = q.view(Hkv, H // Hkv, D)
-                    w = torch.softmax((q @ keys.transpose(1, 2)) * self.scale, dim=-1)
-                    att = (w @ values).view(H, 1, D)
-                else:
-                    att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=H != Hkv)
-                h = h + F.linear(att.transpose(0, 1).reshape(n, H * D), L["o"])
-            if i not in skip_mlp:
-                x = self._rms(h, L["ln2"])
-                gate, up = F.linear(x, L["gate_up"]).chunk(2, dim=-1)
-                h = h + F.linear(F.silu(gate) * up, L["down"])
-        cache.length = b
-        if not logits:
-            return None
-        return F.linear(self._rms(h, self.norm), self.lm_head)
+        qkv = F.linear(self._rms(h, L["ln1"]), L["qkv"]).view(n, H + 2 * Hkv, D).transpose(0, 1)
+        q, k = self._rotate(qkv[: H + Hkv], cos, sin).split([H, Hkv])  # one RoPE op for q and k
+        return q, k, qkv[H + Hkv :]
 
-    @staticmethod
-    def crop(cache: LayerCache, length: int) -> None:
-        cache.crop(length)
+    def _attn_out(self, i, att):
+        return F.linear(att, self.layers[i]["o"])
+
+    def _mlp(self, i, h):
+        L = self.layers[i]
+        gate, up = F.linear(self._rms(h, L["ln2"]), L["gate_up"]).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, L["down"])
+
+    def _logits(self, h):
+        return F.linear(self._rms(h, self.norm), self.lm_head)

@@ -25,10 +25,11 @@ Skip-set search (phase 1 of the paper), one candidate per engine step until it s
   ``cache_file`` and reused by later engines with the same key (no search).
 
 Drafts are deterministic (argmax chains) and verified by matching, which is exact; the search
-only changes which tokens are proposed. The target's weights are a second copy loaded by the
-proposer from the target's folder (the engine's own model object is not driven from here), on
-the CPU, with a cache of its own: the engine's KV cache is only ever read, and nothing the
-drafter computes reaches it. The first read is checked against a recomputation (logged); a
+only changes which tokens are proposed. The drafting model is the engine's own model, its
+modules called one sub-layer at a time (``bind_target_model``; vLLM: engines/vllm/swift_model.py),
+or where the adapter cannot offer that, a copy of the weights loaded from the target's folder
+(layer_skip_lm.py). Either way the drafter keeps a cache of its own: the engine's KV cache is
+only ever read, and nothing the drafter computes reaches it. The first read is checked against a recomputation (logged); a
 reader whose keys and values disagree is dropped, loudly.
 Trees are not built: where the engine verifies trees, the draft is still a chain.
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,7 @@ class SwiftProposer(Proposer):
     name = "swift"
     Options = SwiftOptions
     reads_target_kv = True
+    uses_target_model = True
 
     def __init__(self, options: SwiftOptions, num_speculative_tokens: int):
         super().__init__(options, num_speculative_tokens)
@@ -142,33 +145,60 @@ class SwiftProposer(Proposer):
             except ImportError:
                 raise DrafterError("swift: the skip-set search needs bayesian-optimization "
                                    "(pip install 'specplug[swift]'), or give swift.skip_set") from None
-        self.lm = None
+        self.lm = None  # a SkipDecoder: the engine's own modules (bind_target_model) or a copy, loaded on first use
+        self.folder: Path | None = None
         self.search: SkipSearch | None = None
         self._caches: dict[str, tuple[object, list[int]]] = {}  # req_id -> (full-model LayerCache, its tokens)
         self.target_kv = None  # the engine's keys and values (bind_target_kv), checked at the first read
         self._kv_checked = False
+        # SPECPLUG_CHECK_TARGET_KV=1: check every read, not only the first (tests; costs a full forward each)
+        self._check_every_read = os.environ.get("SPECPLUG_CHECK_TARGET_KV") == "1"
+        self._checked_reads = 0
         if options.target_model is not None:
             self._load(Path(options.target_model).expanduser())
 
     # ------------------------------------------------------------------ model and skip set
     def bind_target(self, target: TargetInfo) -> None:
-        if self.lm is None:
+        if self.folder is None:
             if target.model_path is None or not Path(target.model_path).is_dir():
                 raise DrafterError(f"swift.target_model: the engine's target {target.model_path!r} is not a local "
                                    "folder; give the folder of its weights as swift.target_model")
             self._load(Path(target.model_path))
-        if self.lm.vocab_size != target.vocab_size:
-            raise DrafterError(f"swift.target_model: {self.folder} has {self.lm.vocab_size} vocabulary rows but the "
+        if self.vocab_size != target.vocab_size:
+            raise DrafterError(f"swift.target_model: {self.folder} has {self.vocab_size} vocabulary rows but the "
                                f"served target {target.model_path} has {target.vocab_size}: not the same model")
 
+    def bind_target_model(self, decoder) -> None:
+        """Draft with the engine's own modules of the served model (a ``SkipDecoder``): no copy."""
+        if (decoder.num_layers, decoder.vocab_size) != (self.num_layers, self.vocab_size):
+            raise DrafterError(f"swift: the served model has {decoder.num_layers} layers and {decoder.vocab_size} "
+                               f"vocabulary rows, {self.folder} {self.num_layers} and {self.vocab_size}")
+        self.lm = decoder
+
+    def _decoder(self):
+        """The drafting model: the engine's (bind_target_model), else a copy loaded from the folder."""
+        if self.lm is None:
+            from specplug.proposers.layer_skip_lm import LayerSkipLM
+
+            if self.folder is None:
+                raise DrafterError("swift: no target weights: the engine adapter did not call bind_target and "
+                                   "swift.target_model is not set")
+            self.lm = LayerSkipLM(self.folder)
+            logger.info("specplug: swift drafts with its own fp32 copy of %s", self.folder)
+        return self.lm
+
     def _load(self, folder: Path) -> None:
-        from specplug.proposers.layer_skip_lm import LayerSkipLM
+        from specplug.proposers.layer_skip_lm import LayerSkipError, LayerSkipLM
 
         if not folder.is_dir():
             raise DrafterError(f"swift.target_model: folder not found: {str(folder)!r}")
+        try:
+            cfg = LayerSkipLM.read_config(folder)
+        except LayerSkipError as e:
+            raise DrafterError(str(e)) from None
         self.folder = folder
-        self.lm = LayerSkipLM(folder)
-        L = self.lm.num_layers
+        self.num_layers, self.vocab_size = int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
+        L = self.num_layers
         if L < 3:
             raise DrafterError(f"swift.target_model: {folder} has {L} layers; layer skipping needs at least 3")
         self.search = SkipSearch(L, self.options.skip_ratio, self.options)
@@ -213,9 +243,9 @@ class SwiftProposer(Proposer):
         return sorted(attention), sorted(mlp)
 
     def bind_target_kv(self, reader) -> None:
-        if self.lm is not None and reader.num_layers != self.lm.num_layers:
+        if reader.num_layers != self.num_layers:
             logger.warning("specplug: swift: the engine's KV cache has %d attention layers, %s has %d; "
-                           "recomputing keys and values instead", reader.num_layers, self.folder, self.lm.num_layers)
+                           "recomputing keys and values instead", reader.num_layers, self.folder, self.num_layers)
             return
         self.target_kv = reader
 
@@ -230,16 +260,16 @@ class SwiftProposer(Proposer):
         pass  # the next propose() sees the committed tokens and crops the cache to them
 
     # ------------------------------------------------------------------ drafting
-    def _full_cache(self, req_id: str, tokens: list[int]) -> list:
-        """The full model's cache of ``tokens`` (everything before the root)."""
+    def _full_cache(self, req_id: str, tokens: list[int]):
+        """The full model's cache (a LayerCache) of ``tokens`` (everything before the root)."""
         cache, cached = self._caches.get(req_id, (None, []))
         if cache is None:
-            cache, cached = self.lm.empty_cache(), []
+            cache, cached = self._decoder().empty_cache(), []
         keep = common_prefix(cached, tokens)
         self.lm.crop(cache, keep)
         if keep < len(tokens):
             read = self.target_kv.read(req_id, keep, len(tokens)) if self.target_kv is not None else None
-            if read is not None and not self._kv_checked:
+            if read is not None and (not self._kv_checked or self._check_every_read):
                 read = self._check_target_kv(read, tokens, keep)
             if read is not None:
                 cache.append(read)
@@ -249,7 +279,7 @@ class SwiftProposer(Proposer):
         return cache
 
     def _check_target_kv(self, read, tokens: list[int], keep: int):
-        """The first read against the full model's own keys and values of the same positions
+        """A read (the first, or every one under SPECPLUG_CHECK_TARGET_KV=1) against the full model's own keys and values of the same positions
         (relative error per layer): a reader that disagrees is dropped, loudly."""
         own = self.lm.empty_cache()
         self.lm.forward(tokens, 0, own, logits=False)
@@ -264,8 +294,11 @@ class SwiftProposer(Proposer):
                          self.target_kv.dtype)
             self.target_kv = None
             return None
-        logger.info("specplug: swift: the keys and values read from the engine's KV cache match a recomputation "
-                    "(relative error %.1e over %d layers and %d positions)", err, len(read), len(tokens) - keep)
+        self._checked_reads += 1
+        if self._checked_reads in (1, 100, 1000):
+            logger.info("specplug: swift: the keys and values read from the engine's KV cache match a recomputation "
+                        "(relative error %.1e over %d layers and %d positions; %d reads checked)", err, len(read),
+                        len(tokens) - keep, self._checked_reads)
         return read
 
     def matchness(self, cache, tokens: list[int], coords) -> float:
@@ -293,9 +326,7 @@ class SwiftProposer(Proposer):
             return
 
     def propose(self, batch: list[ReqState], budget: list[Budget]) -> list[DraftTree]:
-        if self.lm is None:
-            raise DrafterError("swift: no target weights: the engine adapter did not call bind_target and "
-                               "swift.target_model is not set")
+        self._decoder()
         if not self.search.done:
             self._maybe_search(batch)
         attention, mlp = self.search.coords_to_layers(self.search.current)

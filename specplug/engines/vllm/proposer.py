@@ -49,7 +49,8 @@ class SpecplugProposer:
         self.proposer = self.config.build_proposer()
         # a drafter must share the target's tokenizer: refuse at startup, naming both
         mc = vllm_config.model_config
-        self.proposer.bind_target(TargetInfo(str(mc.model), int(mc.get_vocab_size())))
+        self.vocab_size = int(mc.get_vocab_size())
+        self.proposer.bind_target(TargetInfo(str(mc.model), self.vocab_size))
         self.k = int(vllm_config.speculative_config.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.planner = BudgetPlanner(self.k, enabled=self.config.controller == "goodput", trace=self._open_step_trace())
@@ -103,6 +104,18 @@ class SpecplugProposer:
     # vLLM lifecycle -----------------------------------------------------------------
     def load_model(self, target_model) -> None:
         self.target_model = target_model  # model-free proposers ignore it
+        if self.proposer.uses_target_model:
+            from specplug.engines.vllm.swift_model import EngineModelUnsupported, EngineSkipDecoder
+
+            try:
+                decoder = EngineSkipDecoder(target_model, self.vocab_size, self.max_model_len)
+            except EngineModelUnsupported as e:
+                logger.warning("specplug: %s cannot draft with vLLM's own modules of the served model (%s); it "
+                               "loads its own copy of the weights (slower, same output)", self.config.method, e)
+                return
+            self.proposer.bind_target_model(decoder)
+            logger.info("specplug: %s drafts with vLLM's own modules of the served model (%d layers, %s; no "
+                        "second copy of the weights)", self.config.method, decoder.num_layers, decoder.dtype)
 
     def bind_step(self, input_batch, scheduler_output, requests=None, runner=None) -> None:
         if not self._kv_bound and runner is not None and self.proposer.reads_target_kv:

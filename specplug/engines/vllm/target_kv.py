@@ -65,9 +65,12 @@ class PagedTargetKV:
         self.dtype = first.kv_cache.dtype
         write = lambda k, v, cache, slots: first.impl.do_kv_cache_update(first, k, v, cache, slots)  # noqa: E731
         self.layout = tree_step.CacheLayout.probe(write, hkv, bs, d2 // 2, first.kv_cache.dtype, self._split)
+        self.num_kv_heads = hkv
         for i, layer in enumerate(self.layers):
             if tuple(layer.kv_cache.shape[1:]) != (hkv, bs, d2) or getattr(layer, "isa", None) != getattr(first, "isa", None):
                 raise TargetKVUnavailable(f"layer {i}'s KV cache is laid out differently from layer 0's")
+            if not layer.kv_cache.is_contiguous():
+                raise TargetKVUnavailable(f"layer {i}'s KV cache is not one contiguous tensor")
 
     def read(self, req_id: str, start: int, end: int):
         batch = self.runner.input_batch
@@ -76,15 +79,20 @@ class PagedTargetKV:
             return None
         table = batch.block_table[0]
         block_row = table.get_device_tensor(row + 1)[row]
-        need = (end + self.layout.block_size - 1) // self.layout.block_size
-        if need > int(table.num_blocks_per_row[row]):  # positions the request has no block for
+        bs, D, H = self.layout.block_size, self.layout.head_dim, self.num_kv_heads
+        if (end + bs - 1) // bs > int(table.num_blocks_per_row[row]):  # positions the request has no block for
             return None
+        # One flat index for keys and values of every position, used for every layer (same shape):
+        # a layer's cache is [blocks, H, bs, 2D], i.e. per (block, head) bs*D keys then bs*D values.
+        pos = torch.arange(start, end)
+        base = (block_row.long()[pos // bs] * H)[:, None] + torch.arange(H)[None, :]  # [n, H]: (block, head)
+        within = torch.stack([self.layout.perm_k.view(bs, D)[pos % bs],
+                              self.layout.perm_v.view(bs, D)[pos % bs] + bs * D])  # [2, n, D]
+        index = base[None, :, :, None] * (2 * bs * D) + within[:, :, None, :]  # [2, n, H, D]
         out = []
         for layer in self.layers:
-            kc, vc = self._split(layer.kv_cache)
-            k = self.layout.gather(kc, block_row, end, keys=True, start=start)  # [n, Hkv, D]
-            v = self.layout.gather(vc, block_row, end, keys=False, start=start)
-            out.append((k.transpose(0, 1).float(), v.transpose(0, 1).float()))
+            kv = layer.kv_cache.view(-1)[index].transpose(1, 2).float()  # [2, H, n, D]
+            out.append((kv[0], kv[1]))
         return out
 
 
