@@ -58,7 +58,7 @@ class SkipSet(ProposerOptions):
 
 
 class SwiftOptions(ProposerOptions):
-    target_model: str | None = Field(None, description="folder of the target's weights (None: the folder the engine serves)")
+    target_model: str | None = Field(None, description="folder of the target (None: the folder the engine serves); its weights are loaded only where the engine's own modules cannot be used")
     skip_ratio: float = Field(0.45, gt=0.0, lt=1.0, description="fraction of the 2(L-2) skippable sub-layers skipped")
     skip_set: SkipSet | None = Field(None, description="a fixed skip set (no search), e.g. one found earlier")
     context_window: int = Field(32, ge=4, le=1024, description="generated tokens the matchness is scored on")
@@ -286,7 +286,9 @@ class SwiftProposer(Proposer):
         err = max(float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want).clamp_min(1e-12))
                   for i, (k, v) in enumerate(read)
                   for got, want in ((k, own.k[i][:, keep:own.length]), (v, own.v[i][:, keep:own.length])))
-        tol = 1e-3 if self.target_kv.dtype == torch.float32 else 0.1
+        # 16-bit: rounding compounds over the layers (5e-2 on 30-layer SmolLM2 in bf16); a misread
+        # layout gives errors of order 1
+        tol = 1e-3 if self.target_kv.dtype == torch.float32 else 0.25
         self._kv_checked = True
         if err > tol:
             logger.error("specplug: swift: the keys and values read from the engine's KV cache differ from a "
