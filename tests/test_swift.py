@@ -106,6 +106,21 @@ def test_drafts_are_the_skipped_models_greedy_chain_with_early_stop(target, hf, 
     assert set(lengths[0.0]) == {8} and min(lengths[0.5]) < 8  # the early stop was exercised
 
 
+def test_a_batch_drafts_what_each_request_drafts_alone(target, prompt):
+    """Requests of different lengths and budgets drafted in one batched forward per position
+    (chains leaving the batch at different steps) give each request's own chain."""
+    skip = {"attention": [2, 4], "mlp": [3, 5, 6]}
+    reqs = [ReqState("a", np.asarray(prompt[:30]), 20), ReqState("b", np.asarray(prompt[:41]), 20),
+            ReqState("c", np.asarray(prompt[:35] + [77]), 20)]
+    budgets = [Budget(8, tree=False), Budget(3, tree=False), Budget(8, tree=False)]
+    together = proposer(target, skip_set=skip, stop_threshold=0.3).propose(reqs, budgets)
+    alone = [proposer(target, skip_set=skip, stop_threshold=0.3).propose([r], [b])[0] for r, b in zip(reqs, budgets)]
+    assert [t.chain_tokens() for t in together] == [t.chain_tokens() for t in alone]
+    np.testing.assert_allclose(np.concatenate([t.scores for t in together]),
+                               np.concatenate([t.scores for t in alone]), rtol=1e-4)
+    assert len({t.num_nodes for t in together}) > 1  # the chains ended at different steps
+
+
 def test_matchness_is_the_teacher_forced_agreement(target, hf, prompt):
     prop = proposer(target, context_window=16)
     tokens = prompt[:50]

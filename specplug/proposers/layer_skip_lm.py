@@ -112,9 +112,10 @@ class SkipDecoder:
             mask = torch.ones(n, past + n, dtype=torch.bool)
             mask[:, past:] = torch.ones(n, n, dtype=torch.bool).tril()
         h = self._embed(ids)
+        positions = torch.arange(start, start + n)
         for i in range(self.num_layers):
             if i not in skip_attn:
-                q, k, v = self._qkv(i, h, start)  # float32 [heads, n, D], keys after RoPE
+                q, k, v = self._qkv(i, h, positions)  # float32 [heads, n, D], keys after RoPE
                 cache.k[i][:, a:b], cache.v[i][:, a:b] = k, v
                 if visible is None:
                     keys, values = cache.k[i][:, :b], cache.v[i][:, :b]
@@ -133,6 +134,36 @@ class SkipDecoder:
                 h = h + self._mlp(i, h)
         cache.length = b
         return self._logits(h) if logits else None
+
+    @torch.no_grad()
+    def forward_batch(self, ids: list[int], caches: list[LayerCache], skip_attn=frozenset(),
+                      skip_mlp=frozenset()) -> torch.Tensor:
+        """Logits [B, V]: one new token per sequence, each at the next position of its own cache
+        (appended to it, as ``forward`` does). The projections and MLPs run once for the batch (on
+        a memory-bound CPU a one-row and a B-row matmul cost about the same); attention runs per
+        sequence against its own cache."""
+        B, H, Hkv, D = len(ids), self.num_heads, self.num_kv, self.head_dim
+        scale = D ** -0.5
+        ends = [c.length + 1 for c in caches]
+        for c, e in zip(caches, ends):
+            c.reserve(e)
+        h = self._embed(ids)
+        positions = torch.tensor([e - 1 for e in ends])
+        for i in range(self.num_layers):
+            if i not in skip_attn:
+                q, k, v = self._qkv(i, h, positions)  # [heads, B, D]
+                att = torch.empty(B, H, D)
+                for j, (c, e) in enumerate(zip(caches, ends)):
+                    c.k[i][:, e - 1], c.v[i][:, e - 1] = k[:, j], v[:, j]
+                    qj = q[:, j].reshape(Hkv, H // Hkv, D)
+                    w = torch.softmax((qj @ c.k[i][:, :e].transpose(1, 2)) * scale, dim=-1)
+                    att[j] = (w @ c.v[i][:, :e]).view(H, D)
+                h = h + self._attn_out(i, att.view(B, H * D))
+            if i not in skip_mlp:
+                h = h + self._mlp(i, h)
+        for c, e in zip(caches, ends):
+            c.length = e
+        return self._logits(h)
 
 
 class LayerSkipLM(SkipDecoder):
@@ -207,11 +238,11 @@ class LayerSkipLM(SkipDecoder):
     def _embed(self, ids):
         return self.embed[torch.tensor(ids)]
 
-    def _qkv(self, i, h, start):
+    def _qkv(self, i, h, positions):
         L, n = self.layers[i], h.shape[0]
         H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
-        cos, sin = self._rope(start + n)
-        cos, sin = cos[start : start + n], sin[start : start + n]
+        cos, sin = self._rope(int(positions.max()) + 1)
+        cos, sin = cos[positions], sin[positions]
         qkv = F.linear(self._rms(h, L["ln1"]), L["qkv"]).view(n, H + 2 * Hkv, D).transpose(0, 1)
         q, k = self._rotate(qkv[: H + Hkv], cos, sin).split([H, Hkv])  # one RoPE op for q and k
         return q, k, qkv[H + Hkv :]

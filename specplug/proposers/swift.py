@@ -10,7 +10,8 @@ skipped; the first and last layers never are. Each step, for every request:
    where the adapter offers a reader (``bind_target_kv``; vLLM: engines/vllm/target_kv.py), else
    computed by feeding those tokens through the full model;
 2. the skipped model drafts greedily from the root, stopping early after the first token whose
-   top-1 probability falls below ``stop_threshold`` (confidence-aware drafting), up to the budget.
+   top-1 probability falls below ``stop_threshold`` (confidence-aware drafting), up to the budget;
+   the step's requests draft together, one batched forward per draft position.
 
 Skip-set search (phase 1 of the paper), one candidate per engine step until it stops:
 - candidates: a random n-subset, or every ``bayes_interval``-th one the top n coordinates of a
@@ -39,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,23 @@ class SkipSearch:
             self.tolerance += 1
         if self.best >= self.o.max_score or self.tolerance > self.o.max_tolerance_iter or self.iters >= self.o.max_opt_iter:
             self.done = True
+
+
+@dataclass
+class _Chain:
+    """One request's draft chain while it is being drafted."""
+
+    index: int  # in the batch
+    cache: object  # its LayerCache: the committed tokens before the root, then this chain
+    root_position: int
+    cap: int
+    root: int
+    tokens: list[int] = field(default_factory=list)
+    conf: list[float] = field(default_factory=list)  # top-1 probability of each token
+
+    @property
+    def last(self) -> int:
+        return self.tokens[-1] if self.tokens else self.root
 
 
 class SwiftProposer(Proposer):
@@ -332,25 +351,25 @@ class SwiftProposer(Proposer):
         if not self.search.done:
             self._maybe_search(batch)
         attention, mlp = self.search.coords_to_layers(self.search.current)
-        out = []
-        for r, b in zip(batch, budget):
+        out = [DraftTree.empty()] * len(batch)
+        chains = []
+        for idx, (r, b) in enumerate(zip(batch, budget)):
             tokens = [int(t) for t in r.token_ids]
             cap = min(b.max_nodes, self.num_speculative_tokens, self.lm.max_positions - len(tokens))
-            if cap <= 0:
-                out.append(DraftTree.empty())
-                continue
-            cache = self._full_cache(r.req_id, tokens[:-1])
-            base = len(tokens) - 1
-            draft, conf, cur = [], [], tokens[-1]
-            for step in range(cap):
-                probs = self.lm.forward([cur], base + step, cache, attention, mlp)[0].softmax(-1)
-                p, t = probs.max(-1)
-                # the token that falls below the threshold is still sent: its forward is paid
-                # for, and verifying one more token costs far less than drafting it did
-                draft.append(int(t)), conf.append(float(p))
-                if float(p) < self.options.stop_threshold:
-                    break
-                cur = int(t)
-            self.lm.crop(cache, base)
-            out.append(DraftTree.chain(draft, scores=np.asarray(conf, np.float32)))
+            if cap > 0:
+                chains.append(_Chain(idx, self._full_cache(r.req_id, tokens[:-1]), len(tokens) - 1, cap, tokens[-1]))
+        # Every request's chain advances one token per forward, all of them in one batched
+        # forward (the weights are read once per position for the whole batch); a chain leaves
+        # the batch after the first token whose top-1 probability falls below stop_threshold
+        # (that token is still sent: its forward is paid for, and verifying it costs far less).
+        active = chains
+        while active:
+            logits = self.lm.forward_batch([c.last for c in active], [c.cache for c in active], attention, mlp)
+            p, t = logits.softmax(-1).max(-1)
+            for c, pj, tj in zip(active, p.tolist(), t.tolist()):
+                c.tokens.append(int(tj)), c.conf.append(float(pj))
+            active = [c for c in active if c.conf[-1] >= self.options.stop_threshold and len(c.tokens) < c.cap]
+        for c in chains:
+            self.lm.crop(c.cache, c.root_position)  # the draft tokens' keys and values go again
+            out[c.index] = DraftTree.chain(c.tokens, scores=np.asarray(c.conf, np.float32))
         return out

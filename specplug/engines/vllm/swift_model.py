@@ -62,11 +62,11 @@ class EngineSkipDecoder(SkipDecoder):
     def _embed(self, ids):
         return self.embed(torch.tensor(ids, device=self.device))
 
-    def _qkv(self, i, h, start):
+    def _qkv(self, i, h, positions):
         at, n = self.layers[i].self_attn, h.shape[0]
         qkv, _ = at.qkv_proj(self.layers[i].input_layernorm(h))
         q, k, v = qkv.split([at.q_size, at.kv_size, at.kv_size], dim=-1)
-        q, k = at.rotary_emb(torch.arange(start, start + n, device=self.device), q, k)
+        q, k = at.rotary_emb(positions.to(self.device), q, k)
         D = self.head_dim
         return tuple(x.reshape(n, -1, D).transpose(0, 1).float() for x in (q, k, v))
 
