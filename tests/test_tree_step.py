@@ -66,6 +66,8 @@ def test_layout_probe_reads_back_what_the_kernel_wrote(write):
     for start in range(10):  # a range of positions, as swift reads the newly committed ones
         assert torch.equal(layout.gather(kc, blocks, 10, keys=True, start=start), k[start:])
         assert torch.equal(layout.gather(vc, blocks, 7, keys=False, start=min(start, 7)), v[min(start, 7):7])
+        kv = cache.view(-1)[layout.kv_index(blocks, start, 10, 2)]  # the whole layer cache, both halves
+        assert torch.equal(kv[0], k[start:]) and torch.equal(kv[1], v[start:])
 
 
 def test_layout_probe_refuses_a_layout_that_mixes_blocks():

@@ -89,6 +89,13 @@ class SkipDecoder:
     def crop(cache: LayerCache, length: int) -> None:
         cache.crop(length)
 
+    def _attend_one(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention of one query [H, D] over every key [kv_heads, T, D] (grouped-query heads
+        share theirs): plain matmuls, which beat sdpa's dispatch for a single row."""
+        H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
+        w = torch.softmax((q.reshape(Hkv, H // Hkv, D) @ keys.transpose(1, 2)) * D ** -0.5, dim=-1)
+        return (w @ values).reshape(H, D)
+
     @torch.no_grad()
     def forward(self, ids: list[int], start: int, cache: LayerCache, skip_attn=frozenset(), skip_mlp=frozenset(),
                 visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
@@ -106,7 +113,6 @@ class SkipDecoder:
         cache.reserve(cache.length + n)
         a, b = cache.length, cache.length + n
         H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
-        scale = D ** -0.5
         mask = None
         if n > 1:  # causal among the new tokens, all of the visible past
             mask = torch.ones(n, past + n, dtype=torch.bool)
@@ -122,11 +128,8 @@ class SkipDecoder:
                 else:
                     keys = torch.cat([cache.k[i][:, :visible], k], dim=1)
                     values = torch.cat([cache.v[i][:, :visible], v], dim=1)
-                if n == 1:  # one query sees every key: plain matmuls beat sdpa's dispatch for a 1-row query
-                    if H != Hkv:
-                        q = q.reshape(Hkv, H // Hkv, D)
-                    w = torch.softmax((q @ keys.transpose(1, 2)) * scale, dim=-1)
-                    att = (w @ values).view(H, 1, D)
+                if n == 1:
+                    att = self._attend_one(q[:, 0], keys, values).view(H, 1, D)
                 else:
                     att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=H != Hkv)
                 h = h + self._attn_out(i, att.transpose(0, 1).reshape(n, H * D))
@@ -142,8 +145,7 @@ class SkipDecoder:
         (appended to it, as ``forward`` does). The projections and MLPs run once for the batch (on
         a memory-bound CPU a one-row and a B-row matmul cost about the same); attention runs per
         sequence against its own cache."""
-        B, H, Hkv, D = len(ids), self.num_heads, self.num_kv, self.head_dim
-        scale = D ** -0.5
+        B, H, D = len(ids), self.num_heads, self.head_dim
         ends = [c.length + 1 for c in caches]
         for c, e in zip(caches, ends):
             c.reserve(e)
@@ -155,9 +157,7 @@ class SkipDecoder:
                 att = torch.empty(B, H, D)
                 for j, (c, e) in enumerate(zip(caches, ends)):
                     c.k[i][:, e - 1], c.v[i][:, e - 1] = k[:, j], v[:, j]
-                    qj = q[:, j].reshape(Hkv, H // Hkv, D)
-                    w = torch.softmax((qj @ c.k[i][:, :e].transpose(1, 2)) * scale, dim=-1)
-                    att[j] = (w @ c.v[i][:, :e]).view(H, D)
+                    att[j] = self._attend_one(q[:, j], c.k[i][:, :e], c.v[i][:, :e])
                 h = h + self._attn_out(i, att.view(B, H * D))
             if i not in skip_mlp:
                 h = h + self._mlp(i, h)

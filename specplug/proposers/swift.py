@@ -30,8 +30,8 @@ only changes which tokens are proposed. The drafting model is the engine's own m
 modules called one sub-layer at a time (``bind_target_model``; vLLM: engines/vllm/swift_model.py),
 or where the adapter cannot offer that, a copy of the weights loaded from the target's folder
 (layer_skip_lm.py). Either way the drafter keeps a cache of its own: the engine's KV cache is
-only ever read, and nothing the drafter computes reaches it. The first read is checked against a recomputation (logged); a
-reader whose keys and values disagree is dropped, loudly.
+only ever read, and nothing the drafter computes reaches it. The first read is checked against
+a recomputation (logged); a reader whose keys and values disagree is dropped, loudly.
 Trees are not built: where the engine verifies trees, the draft is still a chain.
 """
 

@@ -79,16 +79,9 @@ class PagedTargetKV:
             return None
         table = batch.block_table[0]
         block_row = table.get_device_tensor(row + 1)[row]
-        bs, D, H = self.layout.block_size, self.layout.head_dim, self.num_kv_heads
-        if (end + bs - 1) // bs > int(table.num_blocks_per_row[row]):  # positions the request has no block for
-            return None
-        # One flat index for keys and values of every position, used for every layer (same shape):
-        # a layer's cache is [blocks, H, bs, 2D], i.e. per (block, head) bs*D keys then bs*D values.
-        pos = torch.arange(start, end)
-        base = (block_row.long()[pos // bs] * H)[:, None] + torch.arange(H)[None, :]  # [n, H]: (block, head)
-        within = torch.stack([self.layout.perm_k.view(bs, D)[pos % bs],
-                              self.layout.perm_v.view(bs, D)[pos % bs] + bs * D])  # [2, n, D]
-        index = base[None, :, :, None] * (2 * bs * D) + within[:, :, None, :]  # [2, n, H, D]
+        if (end + self.layout.block_size - 1) // self.layout.block_size > int(table.num_blocks_per_row[row]):
+            return None  # positions the request has no block for
+        index = self.layout.kv_index(block_row, start, end, self.num_kv_heads)  # the same for every layer
         out = []
         for layer in self.layers:
             kv = layer.kv_cache.view(-1)[index].transpose(1, 2).float()  # [2, H, n, D]

@@ -190,6 +190,17 @@ class CacheLayout:
         within = (self.perm_k if keys else self.perm_v).view(bs, D)[pos % bs]  # [n, D] flat offsets
         return cache.view(nb, h, bs * D)[blocks[:, None, None], torch.arange(h)[None, :, None], within[:, None, :]]
 
+    def kv_index(self, block_row: torch.Tensor, start: int, end: int, num_heads: int) -> torch.Tensor:
+        """Flat indices [2, n, H, D] (keys, values) of positions start..end-1 into a whole layer
+        cache [num_blocks, H, block_size, 2D] flattened: per (block, head) block_size*D keys then
+        as many values (the packing ``split_kv`` views). One index serves every layer of the same
+        shape, where ``gather`` is called per layer and half."""
+        bs, D, H = self.block_size, self.head_dim, num_heads
+        pos = torch.arange(start, end)
+        base = (block_row.long()[pos // bs] * H)[:, None] + torch.arange(H)[None, :]  # [n, H]: (block, head)
+        within = torch.stack([self.perm_k.view(bs, D)[pos % bs], self.perm_v.view(bs, D)[pos % bs] + bs * D])
+        return base[None, :, :, None] * (2 * bs * D) + within[:, :, None, :]
+
     def move(self, cache: torch.Tensor, src: int, dst: int, keys: bool) -> None:
         """Copy one slot's [H, D] from slot ``src`` to slot ``dst`` in place."""
         nb, h = cache.shape[0], cache.shape[1]
