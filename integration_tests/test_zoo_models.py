@@ -91,10 +91,12 @@ def test_specplug_on_the_trained_target_is_lossless_and_accepts_drafts(config, c
     assert got["num_drafts"] > 0 and got["num_accepted_tokens"] > 0
 
 
-@pytest.mark.parametrize("config", ["dyspec.yaml", "dyspec-tree.yaml", "dllm.yaml", "swift.yaml"])
+@pytest.mark.parametrize("config", ["dyspec.yaml", "dyspec-tree.yaml", "dllm.yaml", "swift.yaml",
+                                    "swift-tree.yaml"])
 def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_prompts, target_baseline, tmp_path):
     """dyspec (draft decoder, chains and trees), dllm (block-diffusion drafter) and swift (the
-    target's own weights, layers skipped, skip set searched while serving) inside vLLM.
+    target's own weights, layers skipped, skip set searched while serving; chains and caterpillar
+    trees) inside vLLM.
     The controller is off so every step drafts: the point is exactness with real drafts."""
     from specplug.zoo import zoo_model
 

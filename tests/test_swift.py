@@ -121,6 +121,52 @@ def test_a_batch_drafts_what_each_request_drafts_alone(target, prompt):
     assert len({t.num_nodes for t in together}) > 1  # the chains ended at different steps
 
 
+def test_trees_are_the_caterpillar_of_the_chain_pruned_by_path_probability(target, hf, prompt):
+    """Where the engine verifies trees: the spine is the chain drafted for a chain budget, each
+    depth adds the skipped model's runners-up there (3 / 5 / 8 / 10 candidates by the spine
+    token's confidence) as siblings of the spine node, scored by path probability, less likely
+    ones than ``sibling_min_prob`` dropped; a small budget keeps the best-scoring nodes.
+    Oracle: every distribution recomputed with transformers."""
+    skip = {"attention": [2, 4], "mlp": [3, 5, 6]}
+    skipped = skipped_hf(hf, skip["attention"], skip["mlp"])
+    with torch.no_grad():  # the target's own continuation: the skipped model is confident on some of it
+        text = hf.generate(torch.tensor([prompt[:40]]), max_new_tokens=12, do_sample=False)[0].tolist()
+    seen_candidates, sizes = set(), {}
+    for min_prob in (0.0, 0.02):
+        cfg = SpecplugConfig(method="swift", num_speculative_tokens=64,
+                             swift={"target_model": str(target), "skip_set": skip, "stop_threshold": 0.6,
+                                    "sibling_min_prob": min_prob})
+        prop = cfg.build_proposer()
+        for ctx in (text[:45], text[:51]):
+            req = [ReqState("r", np.asarray(ctx), 20)]
+            spine = prop.propose(req, [Budget(64, tree=False)])[0].chain_tokens()
+            want, ids, path = {}, list(ctx), 1.0  # token path from the root -> path probability
+            for d, tok in enumerate(spine):
+                probs = hybrid_logits(hf, skipped, ids[: len(ctx) - 1], ids[len(ctx) - 1 :])[-1].softmax(-1)
+                p, t = probs.topk(10)
+                p, t = p.tolist(), t.tolist()
+                assert t[0] == tok
+                k = 3 if p[0] > 0.95 else 5 if p[0] > 0.8 else 8 if p[0] > 0.5 else 10
+                seen_candidates.add(k)
+                for pj, tj in zip(p[:k], t[:k]):
+                    if tj == tok or path * pj >= min_prob:
+                        want[tuple(spine[:d]) + (tj,)] = path * pj
+                path *= p[0]
+                ids.append(tok)
+            tree = prop.propose(req, [Budget(64, tree=True)])[0]
+            got = {tuple(int(tree.tokens[i]) for i in tree.path_to(n)): float(tree.scores[n])
+                   for n in range(tree.num_nodes)}
+            assert got.keys() == want.keys() and len(want) > len(spine)  # siblings were added
+            np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=1e-3)
+            assert [int(tree.tokens[i]) for i in tree.best_path()] == spine
+            small = prop.propose(req, [Budget(5, tree=True)])[0]
+            best5 = sorted(want, key=lambda k: (-want[k], len(k)))[:5]
+            assert {tuple(int(small.tokens[i]) for i in small.path_to(n)) for n in range(small.num_nodes)} == set(best5)
+            sizes.setdefault(min_prob, []).append(tree.num_nodes)
+    assert len(seen_candidates) > 1  # more than one row of the confidence table was exercised
+    assert sum(sizes[0.02]) < sum(sizes[0.0])  # and sibling_min_prob dropped some
+
+
 def test_matchness_is_the_teacher_forced_agreement(target, hf, prompt):
     prop = proposer(target, context_window=16)
     tokens = prompt[:50]

@@ -92,6 +92,10 @@ def test_tree_attention_equals_per_path_causal_attention(hq, hkv, write):
     layout = tree_step.CacheLayout.probe(write, hkv, bs, D, torch.float32, split)
     kc, vc = split(cache)
     got = tree_step.tree_attention(q, kc, vc, blocks, L, tree_step.window_mask(TREE), 0.3, layout)
+    # the adapter's path: one flat index for keys and values, built once per step for every layer
+    kv = cache.view(-1)[layout.kv_index(blocks, 0, L, hkv)]
+    allowed = tree_step.allowed_keys(tree_step.window_mask(TREE), w, L)
+    torch.testing.assert_close(tree_step.masked_attention(q, kv[0], kv[1], allowed, 0.3), got, rtol=0, atol=0)
     rep = hq // hkv
     for row in range(w):
         path = [] if row == 0 else TREE.path_to(row - 1)

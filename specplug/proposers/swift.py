@@ -25,14 +25,22 @@ Skip-set search (phase 1 of the paper), one candidate per engine step until it s
   or ``max_opt_iter`` in all. The result is saved under the (model, ``task``) key in
   ``cache_file`` and reused by later engines with the same key (no search).
 
-Drafts are deterministic (argmax chains) and verified by matching, which is exact; the search
-only changes which tokens are proposed. The drafting model is the engine's own model, its
+Where the engine verifies trees (``Budget.tree``), the draft is the paper's *caterpillar*: the
+argmax chain as the spine and, at each depth, the skipped model's next most likely tokens as leaf
+siblings of the spine node there, how many set by the spine token's confidence c (phase 2 of the
+paper, its greedy column: 3 candidates at depth d if c > 0.95, 5 if c > 0.8, 8 if c > 0.5, else
+10, the spine token included). They come free with the logits the chain was drafted from: no
+extra forward. Each node is scored by its path probability under the skipped model, and the tree
+is pruned best-first to the node budget (a sibling never scores above its spine node, so the
+spine is kept first) and to ``sibling_min_prob``.
+
+Drafts are deterministic (argmax chains and top-k siblings) and verified by matching, which is
+exact also when sampling (sample-and-match); the search only changes which tokens are proposed. The drafting model is the engine's own model, its
 modules called one sub-layer at a time (``bind_target_model``; vLLM: engines/vllm/swift_model.py),
 or where the adapter cannot offer that, a copy of the weights loaded from the target's folder
 (layer_skip_lm.py). Either way the drafter keeps a cache of its own: the engine's KV cache is
 only ever read, and nothing the drafter computes reaches it. The first read is checked against
 a recomputation (logged); a reader whose keys and values disagree is dropped, loudly.
-Trees are not built: where the engine verifies trees, the draft is still a chain.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ class SwiftOptions(ProposerOptions):
     task: str = Field("default", description="key of the saved skip set, with the model folder")
     cache_file: str | None = Field(None, description="JSON file of skip sets per (model, task); None: not saved")
     seed: int = Field(0, description="seed of the random and Bayesian search")
+    sibling_min_prob: float = Field(0.02, ge=0.0, le=1.0, description="trees only: drop siblings whose path probability under the skipped model is lower")
 
     @field_validator("cache_file")
     @classmethod
@@ -142,8 +151,10 @@ class _Chain:
     root_position: int
     cap: int
     root: int
+    tree: bool = False  # the engine verifies a tree: keep each position's runners-up (caterpillar)
     tokens: list[int] = field(default_factory=list)
     conf: list[float] = field(default_factory=list)  # top-1 probability of each token
+    alternatives: list[list[tuple[float, int]]] = field(default_factory=list)  # per position, next best (p, token)
 
     @property
     def last(self) -> int:
@@ -357,7 +368,9 @@ class SwiftProposer(Proposer):
             tokens = [int(t) for t in r.token_ids]
             cap = min(b.max_nodes, self.num_speculative_tokens, self.lm.max_positions - len(tokens))
             if cap > 0:
-                chains.append(_Chain(idx, self._full_cache(r.req_id, tokens[:-1]), len(tokens) - 1, cap, tokens[-1]))
+                chains.append(_Chain(idx, self._full_cache(r.req_id, tokens[:-1]), len(tokens) - 1, cap, tokens[-1],
+                                     tree=b.tree))
+        trees = any(c.tree for c in chains)
         # Every request's chain advances one token per forward, all of them in one batched
         # forward (the weights are read once per position for the whole batch); a chain leaves
         # the batch after the first token whose top-1 probability falls below stop_threshold
@@ -365,11 +378,44 @@ class SwiftProposer(Proposer):
         active = chains
         while active:
             logits = self.lm.forward_batch([c.last for c in active], [c.cache for c in active], attention, mlp)
-            p, t = logits.softmax(-1).max(-1)
-            for c, pj, tj in zip(active, p.tolist(), t.tolist()):
-                c.tokens.append(int(tj)), c.conf.append(float(pj))
+            if trees:  # one top-k for the batch; the first column is the chain's token
+                p, t = logits.softmax(-1).topk(_TOP_K, dim=-1)
+                p, t = p.tolist(), t.tolist()
+                for c, pj, tj in zip(active, p, t):
+                    c.tokens.append(int(tj[0])), c.conf.append(float(pj[0]))
+                    if c.tree:
+                        c.alternatives.append(list(zip(pj[1:], tj[1:])))
+            else:
+                p, t = logits.softmax(-1).max(-1)
+                for c, pj, tj in zip(active, p.tolist(), t.tolist()):
+                    c.tokens.append(int(tj)), c.conf.append(float(pj))
             active = [c for c in active if c.conf[-1] >= self.options.stop_threshold and len(c.tokens) < c.cap]
         for c in chains:
             self.lm.crop(c.cache, c.root_position)  # the draft tokens' keys and values go again
-            out[c.index] = DraftTree.chain(c.tokens, scores=np.asarray(c.conf, np.float32))
+            out[c.index] = (self._caterpillar(c) if c.tree else
+                            DraftTree.chain(c.tokens, scores=np.asarray(c.conf, np.float32)))
         return out
+
+    def _caterpillar(self, c: _Chain) -> DraftTree:
+        """The chain as the spine, each depth's runners-up as leaf siblings of its spine node
+        (module doc), scored by path probability and pruned best-first to the budget."""
+        tokens, parents, scores = [], [], []
+        parent, path = -1, 1.0  # the spine node above this depth, and its path probability
+        for token, conf, alternatives in zip(c.tokens, c.conf, c.alternatives):
+            spine = len(tokens)
+            tokens.append(token), parents.append(parent), scores.append(path * conf)
+            for p, alt in alternatives[: _candidates(conf) - 1]:
+                if path * p < self.options.sibling_min_prob:
+                    break  # sorted: the rest are less likely still
+                tokens.append(int(alt)), parents.append(parent), scores.append(path * p)
+            parent, path = spine, path * conf
+        return DraftTree(np.asarray(tokens), np.asarray(parents), scores=np.asarray(scores, np.float32)).prune(c.cap)
+
+
+_TOP_K = 10  # the most candidates the caterpillar takes at one depth (_candidates)
+
+
+def _candidates(conf: float) -> int:
+    """How many tokens the caterpillar takes at a depth whose top-1 probability is ``conf``, the
+    spine token included (the paper's greedy column, reference/methods.md §5)."""
+    return 3 if conf > 0.95 else 5 if conf > 0.8 else 8 if conf > 0.5 else _TOP_K

@@ -45,6 +45,9 @@ class TreeRow:
     tree: DraftTree  # the n scheduled nodes, topological order
     mode: str = "greedy"  # or "sample" (tree_mode)
     mask: torch.Tensor | None = None  # window_mask(tree), built once per step, read by every layer
+    # (block row, seq_len, flat KV index, allowed keys): built at the first layer, read by the rest
+    # (every layer of one KV cache group has the same block table and layout)
+    layer_cache: tuple | None = None
     # Window rows before this one (the root and the tree's leading chain) attend to exactly what
     # the causal mask lets them see, so the backend's own output stands for them (the vLLM adapter
     # lays each tree's lead path first, DraftTree.lead_path_first). Derived from the tree.
@@ -220,17 +223,28 @@ def tree_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: to
     ``layout`` says; block_row: the request's block table row; seq_len: prefix + w. Returns
     [r, Hq, D]: float32 softmax, output in the query's dtype.
     """
+    k = layout.gather(key_cache, block_row, seq_len, keys=True)  # [L, Hkv, D]
+    v = layout.gather(value_cache, block_row, seq_len, keys=False)
+    return masked_attention(query, k, v, allowed_keys(mask, query.shape[0], seq_len), scale)
+
+
+def allowed_keys(mask: torch.Tensor, rows: int, seq_len: int) -> torch.Tensor:
+    """bool [rows, seq_len]: which keys the last ``rows`` window rows see (the whole prefix, and
+    their ancestors in the window ``mask``)."""
     w = mask.shape[0]
-    r = query.shape[0]
-    mask = mask[w - r:]
-    hq = query.shape[1]
-    k = layout.gather(key_cache, block_row, seq_len, keys=True).float()  # [L, Hkv, D]
-    v = layout.gather(value_cache, block_row, seq_len, keys=False).float()
-    rep = hq // k.shape[1]
+    allowed = torch.ones(rows, seq_len, dtype=torch.bool)
+    allowed[:, seq_len - w:] = mask[w - rows:]
+    return allowed
+
+
+def masked_attention(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """query [r, Hq, D] against keys/values [L, Hkv, D] where ``allowed`` [r, L]; float32 softmax,
+    output in the query's dtype."""
+    k, v = k.float(), v.float()
+    rep = query.shape[1] // k.shape[1]
     if rep > 1:  # grouped-query attention: each KV head serves `rep` query heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    allowed = torch.ones(r, seq_len, dtype=torch.bool)
-    allowed[:, seq_len - w:] = mask
     scores = torch.einsum("qhd,khd->hqk", query.float(), k) * scale
     scores = scores.masked_fill(~allowed[None], float("-inf"))
     out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, dim=-1), v)
