@@ -35,8 +35,8 @@ is pruned best-first to the node budget (a sibling never scores above its spine 
 spine is kept first) and to ``sibling_min_prob``.
 
 Drafts are deterministic (argmax chains and top-k siblings) and verified by matching, which is
-exact also when sampling (sample-and-match); the search only changes which tokens are proposed. The drafting model is the engine's own model, its
-modules called one sub-layer at a time (``bind_target_model``; vLLM: engines/vllm/swift_model.py),
+exact also when sampling (sample-and-match); the search only changes which tokens are proposed.
+The drafting model is the engine's own model, its modules called one sub-layer at a time (``bind_target_model``; vLLM: engines/vllm/swift_model.py),
 or where the adapter cannot offer that, a copy of the weights loaded from the target's folder
 (layer_skip_lm.py). Either way the drafter keeps a cache of its own: the engine's KV cache is
 only ever read, and nothing the drafter computes reaches it. The first read is checked against
@@ -379,7 +379,7 @@ class SwiftProposer(Proposer):
         while active:
             logits = self.lm.forward_batch([c.last for c in active], [c.cache for c in active], attention, mlp)
             if trees:  # one top-k for the batch; the first column is the chain's token
-                p, t = logits.softmax(-1).topk(_TOP_K, dim=-1)
+                p, t = logits.softmax(-1).topk(min(_TOP_K, logits.shape[-1]), dim=-1)
                 p, t = p.tolist(), t.tolist()
                 for c, pj, tj in zip(active, p, t):
                     c.tokens.append(int(tj[0])), c.conf.append(float(pj[0]))
