@@ -38,9 +38,10 @@ Drafts are deterministic (argmax chains and top-k siblings) and verified by matc
 exact also when sampling (sample-and-match); the search only changes which tokens are proposed.
 The drafting model is the engine's own model, its modules called one sub-layer at a time
 (``bind_target_model``; vLLM: engines/vllm/swift_model.py), or where the adapter cannot offer
-that, a copy of the weights loaded from the target's folder (layer_skip_lm.py). Either way the drafter keeps a cache of its own: the engine's KV cache is
-only ever read, and nothing the drafter computes reaches it. The first read is checked against
-a recomputation (logged); a reader whose keys and values disagree is dropped, loudly.
+that, a copy of the weights loaded from the target's folder (layer_skip_lm.py). Either way
+the drafter keeps a cache of its own: the engine's KV cache is only ever read, and nothing the
+drafter computes reaches it. The first read is checked against a recomputation (logged); a
+reader whose keys and values disagree is dropped, loudly.
 """
 
 from __future__ import annotations
