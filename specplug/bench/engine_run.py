@@ -44,6 +44,12 @@ def phase_prompts(req: dict, phase: dict) -> list:
     return req["prompts"][start : start + phase.get("num", len(req["prompts"]) - start)]
 
 
+def max_tokens_for(req: dict, index: int) -> int:
+    """The output length of prompt ``index`` (``max_tokens_per_prompt`` where the run spreads them)."""
+    per = req.get("max_tokens_per_prompt")
+    return int(per[index]) if per else int(req["max_tokens"])
+
+
 def _spec_counters(llm) -> dict[str, int]:
     out = {v: 0 for v in SPEC_COUNTERS.values()}
     for m in llm.get_metrics():
@@ -86,8 +92,14 @@ def run(req: dict) -> dict:
         ttfts: list[float] = []  # seconds from arrival to the first token (vLLM's own stats)
         tpots: list[float | None] = []  # seconds per output token after the first
         t = time.perf_counter()
-        for o in _closed_loop(llm, prompts, conc, lambda j: params if not sampling else SamplingParams(
-                temperature=sampling["temperature"], seed=sampling["seed"] + start + j, max_tokens=req["max_tokens"])):
+        def params_for(j, start=start):
+            n = max_tokens_for(req, start + j)
+            if sampling:
+                return SamplingParams(temperature=sampling["temperature"], seed=sampling["seed"] + start + j,
+                                      max_tokens=n)
+            return params if n == req["max_tokens"] else SamplingParams(temperature=0.0, max_tokens=n, logprobs=topk)
+
+        for o in _closed_loop(llm, prompts, conc, params_for):
             outputs.append(list(o.outputs[0].token_ids))
             m = getattr(o, "metrics", None)
             if m is not None and getattr(m, "first_token_ts", 0):

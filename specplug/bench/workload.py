@@ -93,3 +93,23 @@ def chat_prompts(model_dir: str, rows: list[dict], max_prompt_tokens: int) -> li
             ids = tok(text)["input_ids"]
         out.append(Prompt(r["category"], r["question_id"], list(ids)[-max_prompt_tokens:]))
     return out
+
+
+def output_lengths(num: int, max_tokens: int, spread: float, seed: int = 0) -> list[int] | None:
+    """Each request's ``max_tokens``: drawn once per prompt index, uniformly from
+    max_tokens * [1 - spread, 1 + spread] (the same lengths for every configuration of a run),
+    or None for ``spread`` 0 (every request ``max_tokens``).
+
+    Why: with equal lengths every request of a no-speculation run finishes on the same step, and
+    the closed loop admits the next ones together, in one prefill step; speculation's requests
+    finish one by one, and each admission is a step of its own (about 20 ms against a 3.5 ms
+    decode step for the tiny model at c=16, docs/benchmarks.md §3). Real traffic is not
+    synchronised like that, so a benchmark that is should not decide the comparison."""
+    if not 0.0 <= spread < 1.0:
+        raise ValueError(f"--max-tokens-spread: expected a fraction in [0, 1), got {spread}")
+    if spread == 0.0:
+        return None
+    import numpy as np
+
+    u = np.random.default_rng(seed).random(num)
+    return [max(1, int(round(max_tokens * (1.0 + spread * (2.0 * x - 1.0))))) for x in u]

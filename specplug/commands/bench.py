@@ -23,6 +23,10 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--categories", nargs="*", default=None, help="only these categories")
     p.add_argument("--num-prompts", type=int, default=num_prompts)
     p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--max-tokens-spread", type=float, default=0.0,
+                   help="draw each request's max tokens once, uniformly from max-tokens x [1 - s, 1 + s] (the same for "
+                        "every configuration): with equal lengths a no-speculation run finishes and admits requests in "
+                        "lockstep, which real traffic does not (docs/benchmarks.md section 3)")
     p.add_argument("--max-prompt-tokens", type=int, default=1024)
     p.add_argument("--concurrency", default=concurrency,
                    help="comma-separated request concurrencies (that many requests in flight; a new one starts when one finishes); "
@@ -212,9 +216,13 @@ def run(args) -> int:
             variants += suite.without_plain_steps(specplug)
         if args.ablate_tree:  # every tree config, with and without the controller, as best path too
             variants += suite.best_path_only(specplug + ablated)
+    lengths = workload.output_lengths(len(prompts), args.max_tokens, getattr(args, "max_tokens_spread", 0.0))
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
+            **({"max_tokens_per_prompt": lengths} if lengths else {}),
             "prompts": [p.token_ids for p in prompts], "phases": phases}
-    print(f"[specplug] {len(prompts)} prompts x {args.max_tokens} greedy tokens on {model_dir} ({args.dtype}); "
+    length = (f"{min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f})" if lengths
+              else str(args.max_tokens))
+    print(f"[specplug] {len(prompts)} prompts x {length} greedy tokens on {model_dir} ({args.dtype}); "
           + (f"{len(variants)} running endpoints" if args.endpoint else
              f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"), flush=True)
     t0 = time.time()
