@@ -90,12 +90,11 @@ def test_tree_attention_equals_per_path_causal_attention(hq, hkv, write):
     cache = torch.randn(8, hkv, bs, 2 * D)  # garbage everywhere else
     write(k, v, cache, torch.tensor([int(blocks[p // bs]) * bs + p % bs for p in range(L)]))
     layout = tree_step.CacheLayout.probe(write, hkv, bs, D, torch.float32, split)
-    kc, vc = split(cache)
-    got = tree_step.tree_attention(q, kc, vc, blocks, L, tree_step.window_mask(TREE), 0.3, layout)
-    # the adapter's path: one flat index for keys and values, built once per step for every layer
-    kv = cache.view(-1)[layout.kv_index(blocks, 0, L, hkv)]
-    allowed = tree_step.allowed_keys(tree_step.window_mask(TREE), w, L)
-    torch.testing.assert_close(tree_step.masked_attention(q, kv[0], kv[1], allowed, 0.3), got, rtol=0, atol=0)
+    row = tree_step.TreeRow(0, "r", 0, prefix, TREE)
+    got = tree_step.tree_attention(q, cache, row, blocks, L, 0.3, layout)
+    # the next layer of the step reuses the index built at the first, and reads the same
+    assert row.layer_cache is not None
+    torch.testing.assert_close(tree_step.tree_attention(q, cache, row, blocks, L, 0.3, layout), got, rtol=0, atol=0)
     rep = hq // hkv
     for row in range(w):
         path = [] if row == 0 else TREE.path_to(row - 1)
@@ -115,11 +114,10 @@ def test_tree_attention_of_the_last_rows_equals_those_rows_of_the_whole_window()
     cache = torch.randn(4, h, bs, 2 * D)
     plain_write(k, v, cache, torch.tensor([int(blocks[p // bs]) * bs + p % bs for p in range(L)]))
     layout = tree_step.CacheLayout.probe(plain_write, h, bs, D, torch.float32, split)
-    kc, vc = split(cache)
-    mask = tree_step.window_mask(TREE)
-    whole = tree_step.tree_attention(q, kc, vc, blocks, L, mask, 0.3, layout)
+    row = tree_step.TreeRow(0, "r", 0, prefix, TREE)
+    whole = tree_step.tree_attention(q, cache, row, blocks, L, 0.3, layout)
     for first in range(w):
-        part = tree_step.tree_attention(q[first:], kc, vc, blocks, L, mask, 0.3, layout)
+        part = tree_step.tree_attention(q[first:], cache, row, blocks, L, 0.3, layout)
         torch.testing.assert_close(part, whole[first:], rtol=1e-6, atol=1e-6)
 
 

@@ -258,8 +258,6 @@ class TreeAttentionCPU:
 
     @classmethod
     def after(cls, impl, layer, query, kv_cache, attn_metadata, output) -> None:
-        import torch
-
         from specplug.engines.vllm import tree_step
 
         ctx = tree_step.CURRENT
@@ -280,7 +278,6 @@ class TreeAttentionCPU:
             raise RuntimeError("specplug tree verification: layers with different KV cache layouts in one model "
                                "are not supported")
         ctx.layout = layout
-        key_cache, value_cache = cls.split_kv(kv_cache)
         out = output.view(output.shape[0], impl.num_heads, -1)
         for r in ctx.rows:
             w = r.tree.num_nodes + 1
@@ -292,15 +289,8 @@ class TreeAttentionCPU:
             a, b = r.q_start + r.first_masked_row, r.q_start + w  # rows the causal mask got wrong
             if a == b:  # a chain (a sampling request's): the backend's rows are the tree's
                 continue
-            block_row = attn_metadata.block_table[r.row]
-            cached = r.layer_cache
-            if cached is None or cached[1] != seq_len or not torch.equal(cached[0], block_row):
-                # once per step and request: one flat index for keys and values of every layer
-                cached = r.layer_cache = (block_row.clone(), seq_len, layout.kv_index(block_row, 0, seq_len, hkv),
-                                          tree_step.allowed_keys(r.mask, b - a, seq_len))
-            kv = kv_cache.view(-1)[cached[2]]  # [2, seq_len, Hkv, D]
-            out[a:b] = tree_step.masked_attention(query[a:b].view(b - a, impl.num_heads, -1), kv[0], kv[1],
-                                                  cached[3], impl.scale)
+            out[a:b] = tree_step.tree_attention(query[a:b].view(b - a, impl.num_heads, -1), kv_cache, r,
+                                                attn_metadata.block_table[r.row], seq_len, impl.scale, layout)
         ctx.attention_layers += 1
 
     @classmethod

@@ -213,19 +213,25 @@ class CacheLayout:
         flat[dst // bs][:, perm[dst % bs]] = flat[src // bs][:, perm[src % bs]]
 
 
-def tree_attention(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor,
-                   block_row: torch.Tensor, seq_len: int, mask: torch.Tensor, scale: float,
-                   layout: CacheLayout) -> torch.Tensor:
-    """Attention of window rows with the tree mask, read from a paged cache.
+def tree_attention(query: torch.Tensor, kv_cache: torch.Tensor, row: TreeRow, block_row: torch.Tensor,
+                   seq_len: int, scale: float, layout: CacheLayout) -> torch.Tensor:
+    """Attention of the last r window rows of ``row``'s tree with the tree mask, read from one
+    layer's paged cache.
 
-    query: [r, Hq, D], the last r rows of a request's verify window of w = mask.shape[0] rows
-    (r = w: the whole window); key_cache/value_cache: [num_blocks, Hkv, bs, D] views laid out as
-    ``layout`` says; block_row: the request's block table row; seq_len: prefix + w. Returns
-    [r, Hq, D]: float32 softmax, output in the query's dtype.
-    """
-    k = layout.gather(key_cache, block_row, seq_len, keys=True)  # [L, Hkv, D]
-    v = layout.gather(value_cache, block_row, seq_len, keys=False)
-    return masked_attention(query, k, v, allowed_keys(mask, query.shape[0], seq_len), scale)
+    query: [r, Hq, D]; kv_cache: the layer's whole cache [num_blocks, Hkv, bs, 2D], laid out as
+    ``layout`` says; block_row: the request's block table row; seq_len: prefix + window. Returns
+    [r, Hq, D]: float32 softmax, output in the query's dtype. The flat key/value index and the
+    row mask are built at the first layer of a step and reused by the others
+    (``TreeRow.layer_cache``): one indexing op per layer."""
+    rows = query.shape[0]
+    cached = row.layer_cache
+    if (cached is None or cached[1] != seq_len or cached[3].shape[0] != rows
+            or not torch.equal(cached[0], block_row)):
+        cached = row.layer_cache = (block_row.clone(), seq_len,
+                                    layout.kv_index(block_row, 0, seq_len, kv_cache.shape[1]),
+                                    allowed_keys(row.mask, rows, seq_len))
+    kv = kv_cache.view(-1)[cached[2]]  # [2, seq_len, Hkv, D]
+    return masked_attention(query, kv[0], kv[1], cached[3], scale)
 
 
 def allowed_keys(mask: torch.Tensor, rows: int, seq_len: int) -> torch.Tensor:
