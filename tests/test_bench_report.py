@@ -24,6 +24,7 @@ def test_single_run_speedup_tau_and_identity():
     rows = report.rows([base, spec])
     assert rows[1]["tok_per_s"] == 8.0 and rows[1]["speedup"] == 2.0
     assert rows[1]["tau"] == 1 + 6 / 4 and rows[1]["identical"] == "1/2"
+    assert rows[1]["differing"] == [{"prompt": 1, "run": 0, "position": 2, "lengths": [4, 4]}]
     assert "(" not in report.markdown(rows).splitlines()[-1].split("|")[5]  # no spread for one run
 
 
@@ -38,6 +39,7 @@ def test_repeats_pair_rounds_and_take_medians():
     assert r["speedup"] == 2.0 and r["speedup_runs"][:2] == [2.0, 2.0]
     assert r["drafted"] == 12 and r["accepted"] == 6 and r["tau"] == 1 + 6 / 6
     assert r["identical"] == "0/2"  # the worst run counts
+    assert [(d["prompt"], d["run"], d["position"]) for d in r["differing"]] == [(0, 2, 0), (1, 2, 0)]
     line = report.markdown(rows).splitlines()[-1]
     assert "4.0 (2–8)" in line and "2.00× (" in line
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from specplug.config import SpecplugConfig, SpecplugConfigError
 from specplug.proposers.base import Budget, ReqState
-from specplug.proposers.suffix import SuffixOptions, SuffixProposer
+from specplug.proposers.suffix import SuffixOptions, SuffixProposer, _Draft
 from specplug.proposers.suffix_tree import SuffixTrie
 
 
@@ -108,11 +108,20 @@ def test_local_drafts_equal_drafts_from_the_full_context_trie(seq, depth, cap, t
 
 
 class _EveryMatch(SuffixProposer):
-    """The oracle: drafts from every match length (no skipping of matches that occur exactly
-    where a longer one does)."""
+    """The oracle: a draft from every match length, the best score kept, ties to the longer
+    match (no skipping of matches that occur where a longer one does, no score bounds)."""
 
     def _best_draft(self, subtree, num_matches, cap, tree, occurrences=None):
-        return super()._best_draft(subtree, num_matches, cap, tree)
+        best = None
+        for p in range(1, num_matches + 1):
+            budget = self._budget(p, cap)
+            if budget == 0:
+                continue
+            d = self._draft_from(*subtree(p, budget), budget, tree)
+            d.match_len = p
+            if d.tokens and (best is None or d.score >= best.score):
+                best = d
+        return best if best is not None else _Draft()
 
 
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=40), min_size=1, max_size=4),
@@ -286,3 +295,25 @@ def test_lazily_folded_global_match_equals_matching_afresh(cached, stream, depth
             req = prop._reqs["r"]
             assert req.global_match == trie.match(tokens, depth)
             assert req.unfolded == 0
+
+
+def test_a_looping_context_drafts_from_one_match_length_not_from_every_one(monkeypatch):
+    """A looping output matches at every length p with as many occurrences as loop turns. Tried
+    longest first, a dozen lengths each built the trie of hundreds of continuations (1.8 ms per
+    request per step for a 250-token period-1 loop, inside the engine step). Tried in order of
+    the score they can reach, one is enough: its draft reaches the bound of every other length."""
+    from specplug.proposers import suffix_local
+
+    built = []
+    original = suffix_local.LocalContext.continuations
+    monkeypatch.setattr(suffix_local.LocalContext, "continuations",
+                        lambda self, occ, p, n: built.append(p) or original(self, occ, p, n))
+    prop = SuffixProposer(SuffixOptions(max_cached_requests=0), 16)
+    seq = list(range(2, 62)) + [7] * 250
+    prop.start("r", seq[:60])
+    prop.observe("r", seq[60:])
+    (got,) = prop.propose([_state("r", seq, 60)], [Budget(16)])
+    assert got.tokens.tolist() == [7] * 12  # p = 12: 12 tokens deep (max_depth 24), budget 12
+    assert built == [12]
+    want = _EveryMatch(SuffixOptions(max_cached_requests=0), 16).propose([_state("r", seq, 60)], [Budget(16)])[0]
+    assert want.tokens.tolist() == got.tokens.tolist()

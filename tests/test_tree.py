@@ -228,3 +228,15 @@ def test_tree_batch_pads_ragged_trees():
         assert list(b.depths[i, : t.num_nodes]) == list(t.depths())
     with pytest.raises(ValueError, match="tree 2 has 5 nodes"):
         TreeBatch.from_trees(ts, width=4)
+
+
+@given(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, -0.5]), min_size=1, max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_best_path_of_a_chain_is_the_prefix_with_the_largest_sum(scores):
+    """Chains take a shortcut (the whole chain when no score is negative); with negative scores
+    the best prefix may stop early. Ties: the deeper node."""
+    chain = DraftTree.chain(list(range(2, 2 + len(scores))), scores=np.asarray(scores, np.float32))
+    sums = np.cumsum(np.asarray(scores, np.float64))
+    best = max(range(len(scores)), key=lambda i: (sums[i], i))
+    assert chain.is_chain()
+    assert chain.best_path() == list(range(best + 1))

@@ -57,7 +57,20 @@ def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> 
                 want = bruns[0]["outputs"]
                 same = min(sum(a == b for a, b in zip(x["outputs"], want)) for x in runs)
                 row["identical"] = f"{same}/{len(want)}"
+                row["differing"] = _differing(runs, want)
             out.append(row)
+    return out
+
+
+def _differing(runs: list[dict], want: list[list[int]]) -> list[dict]:
+    """Where outputs differ from no speculation's: prompt index (in the phase), run, and the first
+    differing output position, so a difference can be traced (a late near-tie vs an early bug)."""
+    out = []
+    for k, x in enumerate(runs):
+        for i, (a, b) in enumerate(zip(x["outputs"], want)):
+            if a != b:
+                first = next((j for j, (s, t) in enumerate(zip(a, b)) if s != t), min(len(a), len(b)))
+                out.append({"prompt": i, "run": k, "position": first, "lengths": [len(a), len(b)]})
     return out
 
 

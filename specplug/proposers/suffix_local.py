@@ -17,6 +17,8 @@ first) and so every draft are those of the full trie (tests/test_suffix.py check
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 
@@ -29,7 +31,8 @@ class ContinuationTrie:
         self.count: list[int] = [root_count]
         self.token: list[int] = [-1]
 
-    def add(self, tokens) -> None:
+    def add(self, tokens, weight: int = 1) -> None:
+        """One continuation, or ``weight`` identical ones."""
         children, count, token = self.children, self.count, self.token
         node = 0
         for t in tokens:
@@ -42,7 +45,7 @@ class ContinuationTrie:
                 children.append(None)
                 count.append(0)
                 token.append(t)
-            count[nxt] += 1
+            count[nxt] += weight
             node = nxt
 
 
@@ -78,23 +81,25 @@ class LocalContext:
         else:
             where.append(n)
 
-    def matches(self) -> list[np.ndarray]:
+    def matches(self) -> "Matches":
         """``out[p-1]``: the earlier end positions of the context's last p tokens, for p = 1, 2, ...
-        while there are any (p < max_depth: the trie's deepest match still has a child)."""
+        while there are any (p < max_depth: the trie's deepest match still has a child).
+
+        Every earlier occurrence of the last token gets its match length in one numpy pass (a
+        window of up to max_depth - 1 tokens before it, compared with the context's tail), instead
+        of filtering the occurrences once per length p: a looping context matches at every length,
+        and that was two dozen rounds of numpy calls per request per step."""
         n = len(self.tokens)
         if n == 0:
-            return []
+            return Matches(np.zeros(0, np.int64), np.zeros(0, np.int64))
         occ = np.asarray(self._where[self.tokens[-1]][:-1], np.int64)
-        out = []
-        buf = self._buf
-        for p in range(1, min(n, self.max_depth - 1) + 1):
-            if p > 1:
-                occ = occ[occ >= p - 1]  # room for p tokens ending at j
-                occ = occ[buf[occ - (p - 1)] == buf[n - p]]
-            if occ.size == 0:
-                break
-            out.append(occ)
-        return out
+        longest = min(n, self.max_depth - 1)
+        if occ.size == 0 or longest < 1:
+            return Matches(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        k = np.arange(longest)
+        back = occ[:, None] - k[None, :]  # position j - k of each occurrence's window
+        same = (back >= 0) & (self._buf[np.maximum(back, 0)] == self._buf[n - 1 - k][None, :])
+        return Matches(occ, np.cumprod(same, axis=1).sum(axis=1))
 
     def continuations(self, occ: np.ndarray, p: int, max_tokens: int) -> ContinuationTrie:
         """The trie under the match of the last p tokens (earlier end positions ``occ``), cut at
@@ -102,6 +107,34 @@ class LocalContext:
         n, tokens = len(self.tokens), self.tokens
         trie = ContinuationTrie(int(occ.size) + 1)  # + the occurrence that ends the context
         depth = min(max_tokens, self.max_depth - p)
-        for j in occ.tolist():
-            trie.add(tokens[j + 1 : min(j + 1 + depth, n)])
+        # Identical continuations (a looping context repeats one) are added once, weighted; a
+        # Counter keeps first-occurrence order, so the children's order, and every draft, is
+        # that of adding them one by one.
+        windows = Counter(tuple(tokens[j + 1 : min(j + 1 + depth, n)]) for j in occ.tolist())
+        for window, weight in windows.items():
+            trie.add(window, weight)
         return trie
+
+
+class Matches:
+    """The earlier end positions of the context's last p tokens, indexed ``[p - 1]`` for p = 1 ..
+    ``len()`` (ascending positions), from each occurrence's match length; built on demand: a draft
+    reads one or two lengths."""
+
+    def __init__(self, positions: np.ndarray, lengths: np.ndarray):
+        self._positions, self._lengths = positions, lengths
+        self._len = int(lengths.max()) if lengths.size else 0
+        # occurrences per match length p (index p - 1): a match of length L is one of every p <= L
+        self._sizes = np.cumsum(np.bincount(lengths, minlength=self._len + 1)[::-1])[::-1][1:]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self._len:
+            raise IndexError(i)
+        return self._positions[self._lengths > i]
+
+    def size(self, p: int) -> int:
+        return int(self._sizes[p - 1])
+
