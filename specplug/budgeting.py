@@ -82,6 +82,8 @@ class BudgetPlanner:
         self._last_end: float | None = None
         self._draft_start: float | None = None
         self._last: dict = {}  # req_id -> (draft tokens, sent to the engine?)
+        self._drafted_now: set = set()  # requests that drafted (sent or shadow) this step
+        self._drafted_before: set = set()  # ... and the step before (warm: controller.observe_propose_time)
         self.stats = {"steps": 0, "budget_sum": 0, "rows": 0, "off_rows": 0, "explored": 0}
         self._trace = trace
         self._trace_row: list = []  # this step's values so far (trace only)
@@ -158,7 +160,9 @@ class BudgetPlanner:
     def _period_for(self, n_off: int, batch: int) -> int:
         """Steps between shadow drafts of one request: ``shadow_every``, or longer where
         ``n_off`` requests shadowing that often would cost more than ``shadow_share`` of a step."""
-        cost, per_draft = self.controller.cost, self.controller.propose_seconds
+        # shadow drafts are cold: charged at the catch-up cost (control.GoodputController)
+        cost = self.controller.cost
+        per_draft = self.controller.cold_propose_seconds or self.controller.propose_seconds
         # a plain step at this batch size is what was measured: no slope needed (``identified``)
         if n_off == 0 or per_draft <= 0 or cost.samples < 8:
             return self.shadow_every
@@ -183,6 +187,7 @@ class BudgetPlanner:
         self._draft_start = self._clock()
 
     def drafted(self, req_id, tokens: list[int], sent: bool) -> None:
+        self._drafted_now.add(req_id)
         if tokens:
             self._last[req_id] = (list(tokens), sent)
             self._sent_tokens += len(tokens) if sent else 0
@@ -198,7 +203,10 @@ class BudgetPlanner:
                               f"{num_drafting_requests}\t{self._sent_tokens}\n")
         self._trace_row, self._trace_rows, self._sent_tokens = [], 0, 0
         if self._draft_start is not None and num_drafting_requests:
-            self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests)
+            warm = len(self._drafted_now & self._drafted_before)
+            self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests,
+                                                 warm=warm, cold=max(0, num_drafting_requests - warm))
+        self._drafted_before, self._drafted_now = self._drafted_now, set()
         self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._off_streak = 0 if self._sent_any else self._off_streak + 1
@@ -208,6 +216,8 @@ class BudgetPlanner:
         self._last.pop(req_id, None)
         self._off_steps.pop(req_id, None)
         self._last_shadow.pop(req_id, None)
+        self._drafted_before.discard(req_id)
+        self._drafted_now.discard(req_id)
         self.controller.forget(req_id)
 
     def summary(self) -> str:
@@ -216,6 +226,7 @@ class BudgetPlanner:
         rows = max(s["rows"], 1)
         return (f"step time ~ {a * 1e3:.2f} ms + {b * 1e3:.3f} ms/token + {cost.per_request * 1e3:.3f} ms/request "
                 f"+ {c * 1e3:.2f} ms if drafts "
-                f"({cost.samples} samples); drafting {self.controller.propose_seconds * 1e3:.3f} ms/request; "
+                f"({cost.samples} samples); drafting {self.controller.propose_seconds * 1e3:.3f} ms/request "
+                f"({self.controller.cold_propose_seconds * 1e3:.3f} after a step off); "
                 f"mean budget {s['budget_sum'] / rows:.2f} tokens; speculation off for "
                 f"{100 * s['off_rows'] / rows:.0f}% of request-steps")
