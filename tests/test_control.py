@@ -181,8 +181,8 @@ def test_cheap_pre_check_never_changes_a_plan(alphas, a, b, c, propose, k, explo
         spec = bool(i % 2)
         ctl.observe_step(n, a + b * n + (c if spec else 0.0), spec, None)
     ids = [f"r{i}" for i in range(len(alphas))]
-    for r, al in zip(ids, alphas):
-        ctl.acceptance._acc[r] = (al * 1e6, 1e6)  # alpha(r) ~= al
+    for r, al, later in zip(ids, alphas, alphas[::-1]):
+        ctl.acceptance._acc[r] = (al * 1e6, 1e6, later * 1e6, 1e6)  # acceptance of first / later tokens
     got = ctl.plan(ids, explore=explore)
     ctl._may_pay = lambda *args: True  # the full computation
     assert got == ctl.plan(ids, explore=explore)
