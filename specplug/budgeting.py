@@ -22,8 +22,11 @@ What is measured, and why this way:
   the controller kept drafting where it lost.
 - Drafting time: from ``propose_started`` to ``step_finished``, per drafting request: the
   marginal cost of a request that drafts. Work done for every request anyway (feeding commits
-  to the proposer) is left out, or it would be charged to the few requests that draft.
-- Acceptance: a request with drafts sent last step committed ``1 + accepted`` tokens.
+  to the proposer) is left out, or it would be charged to the few requests that draft. Requests
+  that drafted the step before are told apart from those that did not (they catch up first):
+  planning charges the former's cost, shadow periods the latter's (control.GoodputController).
+- Acceptance: a request with drafts sent last step committed ``1 + accepted`` tokens; the first
+  token and the later ones are tracked as two rates (control.AcceptanceTracker).
 - Shadow drafting: on the first step of a request whose budget is 0, and then every
   ``shadow_every``-th step, we still draft one token and do not send it; the next committed token
   tells whether it would have been accepted. Without this a request switched off would never
