@@ -303,8 +303,9 @@ class GoodputController:
         the catch-up cost; a call with warm requests measures the steady cost, its cold requests
         charged at the cold estimate. Samples above 4x the current estimate are clipped (a
         garbage collection or a first draft after a long prompt is not the cost of drafting)."""
-        n = (cold if warm is None else warm + cold) or 1
-        warm = n - cold if warm is None else warm
+        if warm is None:  # not told: the requests given as cold are all there were, else warm
+            warm = 0 if cold else 1
+        n = warm + cold
         total = seconds_per_request * n
         if warm == 0:
             x = total / n

@@ -304,7 +304,7 @@ class DraftTree:
         """
         if self.num_nodes == 0:
             return []
-        if self.is_chain() and (self.scores is None or bool((self.scores >= 0).all())):
+        if self.leading_chain() == self.num_nodes and (self.scores is None or bool((self.scores >= 0).all())):
             # a chain's sums only grow along it: its last node is the best (what most steps send)
             return list(range(self.num_nodes))
         if self.scores is None:
@@ -355,10 +355,6 @@ class DraftTree:
             deterministic=self.deterministic,
             scores=None if self.scores is None else self.scores[order],
         )
-
-    def is_chain(self) -> bool:
-        """Node i is the child of node i - 1 for every i (a single path from the root)."""
-        return bool(np.array_equal(self.parents, np.arange(-1, self.num_nodes - 1)))
 
     def leading_chain(self) -> int:
         """How many nodes from node 0 on form a single path (node i the child of node i-1)."""

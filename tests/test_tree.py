@@ -238,5 +238,5 @@ def test_best_path_of_a_chain_is_the_prefix_with_the_largest_sum(scores):
     chain = DraftTree.chain(list(range(2, 2 + len(scores))), scores=np.asarray(scores, np.float32))
     sums = np.cumsum(np.asarray(scores, np.float64))
     best = max(range(len(scores)), key=lambda i: (sums[i], i))
-    assert chain.is_chain()
+    assert chain.leading_chain() == chain.num_nodes
     assert chain.best_path() == list(range(best + 1))

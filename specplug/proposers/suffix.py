@@ -233,10 +233,10 @@ class SuffixProposer(Proposer):
                 # continuations; with no larger budget or depth its draft is a prefix of the longer
                 # match's draft: it cannot score higher, and a tie goes to the longer. Skipping it
                 # changes no draft.
-                n_occ, depth = occurrences(p), min(budget, max_depth - p)
-                if any(n == n_occ and q > p and budget <= b and depth <= d for n, b, d, q in drafted):
+                n_occ = occurrences(p)  # bound = min(budget, max_depth - p) is also the depth bound
+                if any(n == n_occ and q > p and budget <= b and bound <= d for n, b, d, q in drafted):
                     continue
-                drafted.append((n_occ, budget, depth, p))
+                drafted.append((n_occ, budget, bound, p))
             d = self._draft_from(*subtree(p, budget), budget, tree)
             d.match_len = p
             if d.score > best.score or (d.score == best.score and d.tokens and p > best.match_len) \
