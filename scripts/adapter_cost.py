@@ -10,7 +10,8 @@ Random tokens keep acceptance near zero, so the controller keeps drafting mostly
 cost of *staying ready* (issue 9: at c=16 it decides whether specplug can match no speculation).
 Step times fed to the controller come from a simulated clock: 4.5 ms + 0.15 ms per scheduled
 token + 1.5 ms when the step verifies drafts. Prints the adapter's mean time per step;
-``--profile`` adds the functions with the most own time (cProfile; inflated, compare runs).
+``--profile`` adds the functions with the most own time (cProfile; inflated, compare runs);
+``--breakdown`` the wall time per step of the adapter's parts (timers around them, no profiler).
 """
 
 from __future__ import annotations
@@ -38,10 +39,36 @@ def adapter(cfg: SpecplugConfig, clock) -> SpecplugProposer:
     return sp
 
 
-def run(cfg: SpecplugConfig, batch: int, steps: int, seed: int = 0) -> tuple[float, float, str]:
+def time_parts(sp: SpecplugProposer) -> dict:
+    """Wrap the adapter's parts in timers; returns {part: seconds so far} (nested parts overlap:
+    the proposer's stop runs inside the lifecycle sync)."""
+    spent: dict = {}
+
+    def timed(obj, name, part):
+        inner = getattr(obj, name)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - t0
+
+        setattr(obj, name, wrapper)
+
+    for name in ("start", "observe", "stop", "propose"):
+        timed(sp.proposer, name, f"proposer.{name}")
+    for name in ("budgets", "shadow", "committed", "drafted", "step_started", "step_finished"):
+        timed(sp.planner, name, f"planner.{name}")
+    timed(sp, "_sync_lifecycle", "lifecycle (incl. start, stop)")
+    return spent
+
+
+def run(cfg: SpecplugConfig, batch: int, steps: int, seed: int = 0, breakdown: bool = False):
     rng = np.random.default_rng(seed)
     offset = [0.0]
     sp = adapter(cfg, lambda: time.perf_counter() + offset[0])
+    parts = time_parts(sp) if breakdown else {}
     tokens = np.zeros((batch, MAX_LEN), np.int32)
     lengths = np.zeros(batch, np.int64)
     ib = types.SimpleNamespace(req_ids=[None] * batch, num_prompt_tokens=np.zeros(batch, np.int64), greedy_reqs=set())
@@ -78,7 +105,7 @@ def run(cfg: SpecplugConfig, batch: int, steps: int, seed: int = 0) -> tuple[flo
         spent += time.perf_counter() - t0
         sent = sum(map(len, out))
         sent_total += sent
-    return spent / steps, sent_total / steps, sp.planner.summary()
+    return spent / steps, sent_total / steps, sp.planner.summary(), {k: v / steps for k, v in parts.items()}
 
 
 def main() -> int:
@@ -87,6 +114,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--breakdown", action="store_true", help="time the adapter's parts (ms per step)")
     args = p.parse_args()
     cfg = SpecplugConfig.from_yaml(args.config)
     if args.profile:
@@ -95,12 +123,14 @@ def main() -> int:
 
         prof = cProfile.Profile()
         prof.enable()
-    per_step, sent, summary = run(cfg, args.batch, args.steps)
+    per_step, sent, summary, parts = run(cfg, args.batch, args.steps, breakdown=args.breakdown)
     if args.profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     print(f"{args.config}, {args.batch} requests: adapter {per_step * 1e3:.3f} ms per step, "
           f"{sent:.2f} draft tokens sent per step\ncontroller: {summary}")
+    for part, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
+        print(f"  {part}: {seconds * 1e3:.3f} ms per step")
     return 0
 
 

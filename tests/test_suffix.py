@@ -159,15 +159,7 @@ def test_bulk_add_then_append_equals_appending_token_by_token(seq, depth, data):
     bulk.extend("s", seq[h:])
     step.add_sequence("s")
     step.extend("s", seq)
-    def paths(t):
-        out = {}
-        def walk(node, prefix):
-            for tok, c in (t.children[node] or {}).items():
-                out[prefix + (tok,)] = t.count[c]
-                walk(c, prefix + (tok,))
-        walk(0, ())
-        return out
-    assert paths(bulk) == paths(step)
+    assert bulk.substrings() == step.substrings()
     assert [paths_key(bulk, n) for n in bulk.active_nodes("s")] == [paths_key(step, n) for n in step.active_nodes("s")]
 
 
@@ -184,13 +176,51 @@ def paths_key(t, node):
 def test_removal_restores_counts(seq, depth):
     trie = SuffixTrie(depth)
     trie.add_sequence("a", seq[: len(seq) // 2])
-    snapshot = {n: trie.count[n] for n in range(len(trie.count)) if trie.parent[n] >= 0 or n == 0}
-    nodes_before = trie.num_nodes
+    before = trie.substrings()
     trie.add_sequence("b", seq)
     trie.remove_sequence("b")
-    assert trie.num_nodes == nodes_before
-    for n, c in snapshot.items():
-        assert trie.count[n] == c
+    assert trie.substrings() == before
+    assert not trie.tail or all(s is trie.sequence("a") for s, _, _ in trie.tail.values())
+
+
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 9), min_size=1, max_size=25), st.booleans()),
+                min_size=1, max_size=8), st.integers(1, 7))
+@settings(max_examples=150, deadline=None)
+def test_adds_and_removals_in_any_order_keep_every_count_exact(ops, depth):
+    """With tails (suffix_tree module doc), removals and freed nodes reused, the trie holds exactly
+    the stored sequences' substrings (up to ``depth``) with their occurrence counts."""
+    trie, stored = SuffixTrie(depth), {}
+    for i, (remove_oldest, seq, final) in enumerate(ops):
+        if remove_oldest and stored:
+            oldest = min(stored)
+            trie.remove_sequence(oldest)
+            del stored[oldest]
+        trie.add_sequence(i, seq, final=final)
+        stored[i] = seq
+    seqs = list(stored.values())
+    expect = {tuple(q[a:b]) for q in seqs for a in range(len(q)) for b in range(a + 1, min(len(q), a + depth) + 1)}
+    got = trie.substrings()  # unfolds every tail
+    assert set(got) == expect
+    assert all(got[s] == occurrences(seqs, s, depth) for s in expect)
+    assert trie.num_nodes == len(expect) + 1 and not trie.tail
+    for c in range(1, len(trie.count)):
+        if trie.parent[c] >= 0:
+            assert trie.children[trie.parent[c]][trie.token[c]] == c
+            assert trie.depth[c] == trie.depth[trie.parent[c]] + 1
+
+
+def test_fresh_text_costs_one_node_per_token_not_one_per_substring():
+    trie = SuffixTrie(24)
+    trie.add_sequence("a", list(range(200)))  # nothing repeats: every suffix leaves the trie at once
+    # one node per suffix that reached the depth bound (177), the 23 still-growing suffixes in full
+    assert trie.num_nodes == 1 + 177 + sum(range(1, 24))
+    assert trie.child(trie.child(0, 5), 6) >= 0 and trie.count[trie.child(trie.child(0, 5), 6)] == 1
+    trie.remove_sequence("a")
+    assert trie.num_nodes == 1 and not trie.tail
+    trie.add_sequence("b", list(range(200)), final=True)  # a finished response: no suffix grows
+    assert trie.num_nodes == 1 + 200
+    with pytest.raises(ValueError, match="final"):
+        trie.extend("b", [7])
 
 
 def _state(rid, toks, n_prompt, tenant=None):

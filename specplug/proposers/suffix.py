@@ -107,7 +107,7 @@ class SuffixProposer(Proposer):
             return
         trie = self._global_trie(req.tenant)
         self._seq_counter += 1
-        trie.add_sequence(self._seq_counter, response)
+        trie.add_sequence(self._seq_counter, response, final=True)
         fifo = self._fifo[req.tenant]
         fifo.append(self._seq_counter)
         cap_bytes = self.options.max_cache_bytes
@@ -163,11 +163,11 @@ class SuffixProposer(Proposer):
     def _draft_from(self, trie: SuffixTrie, node: int, max_tokens: int, tree: bool) -> _Draft:
         d = _Draft()
         min_p = self.options.min_token_prob
-        count, children, token = trie.count, trie.children, trie.token
+        count, kids_of, token = trie.count, trie.kids, trie.token  # kids: SuffixTrie unfolds tails
         if not tree:
             prob, cur, parent = 1.0, node, -1
             while len(d.tokens) < max_tokens:
-                kids = children[cur]
+                kids = kids_of(cur)
                 if not kids:
                     break
                 best = max(kids.values(), key=lambda c: (count[c], -token[c]))
@@ -181,7 +181,7 @@ class SuffixProposer(Proposer):
         else:
             heap: list[tuple[float, int, int, int]] = []
             tie = 0
-            for c in (children[node] or {}).values():
+            for c in (kids_of(node) or {}).values():
                 p = count[c] / count[node]
                 if p >= min_p:
                     heap.append((-p, tie, c, -1))
@@ -193,7 +193,7 @@ class SuffixProposer(Proposer):
                 d.tokens.append(token[c])
                 d.parents.append(parent)
                 d.probs.append(-negp)
-                for g in (children[c] or {}).values():
+                for g in (kids_of(c) or {}).values():
                     p = -negp * count[g] / count[c]
                     if p >= min_p:
                         heapq.heappush(heap, (-p, tie, g, idx))

@@ -31,6 +31,9 @@ class ContinuationTrie:
         self.count: list[int] = [root_count]
         self.token: list[int] = [-1]
 
+    def kids(self, node: int) -> dict[int, int] | None:
+        return self.children[node]
+
     def add(self, tokens, weight: int = 1) -> None:
         """One continuation, or ``weight`` identical ones."""
         children, count, token = self.children, self.count, self.token

@@ -1,10 +1,19 @@
 """Depth-bounded suffix trie over token sequences (the data structure of SuffixDecoding,
-arXiv 2411.04975), uncompressed, with per-node occurrence counts.
+arXiv 2411.04975), with per-node occurrence counts.
 
 Every suffix of every stored sequence, truncated to ``max_depth`` tokens, is a root path; a
 node's count is how many stored (position, sequence) occurrences pass through it. Appending a
 token costs O(max_depth): each sequence keeps its *active nodes*, the nodes where the suffixes
 that started in its last ``max_depth`` positions currently end.
+
+Tails: where a stored suffix leaves the trie (a new node), the rest of it is a chain that only
+this one occurrence passes through. It is kept as a *tail* of that node, a slice of the stored
+sequence, and made into nodes one at a time only when something walks below it (another suffix,
+a match, a draft). Made in full, text never seen before cost ``max_depth`` nodes per token:
+storing a 128-token response took ~0.9 ms inside the engine step and ~3,000 nodes (~0.5 MB), so
+the default 10,000 cached responses of fresh text would have held ~5 GB. With tails it is about
+one node per token. Every walk goes through ``kids``/``child``, which unfold a tail first, so
+counts and children read the same as in the full trie.
 
 Nodes live in flat Python lists (children dicts, counts, depths) indexed by int ids; removed
 nodes go to a free list. ``approx_bytes`` is an estimate (documented constants), used to keep the
@@ -18,6 +27,7 @@ from collections import deque
 # Estimated cost of one node: a dict slot in its parent plus list entries, and an empty children
 # dict created lazily. Measured with sys.getsizeof on CPython 3.11 (dict ~64-232 B, list slots 8 B).
 NODE_BYTES = 160
+TAIL_BYTES = 120  # a dict slot plus a 3-tuple (the sequence itself is counted once, per token)
 
 
 class SuffixTrie:
@@ -31,6 +41,7 @@ class SuffixTrie:
         self.parent: list[int] = [-1]
         self.token: list[int] = [-1]
         self._free: list[int] = []
+        self.tail: dict[int, tuple[list[int], int, int]] = {}  # node -> (seq, start, end): module doc
         self.num_nodes = 1
         self.version = 0  # bumped on removal: cached node ids may be stale
         # seq_id -> (tokens, active node ids)
@@ -52,6 +63,7 @@ class SuffixTrie:
             self.depth.append(self.depth[parent] + 1)
             self.parent.append(parent)
             self.token.append(token)
+        self.tail.pop(n, None)
         kids = self.children[parent]
         if kids is None:
             kids = self.children[parent] = {}
@@ -59,9 +71,33 @@ class SuffixTrie:
         self.num_nodes += 1
         return n
 
+    def _unfold(self, node: int) -> None:
+        """Make the first token of ``node``'s tail a node (count 1); the rest becomes its tail."""
+        seq, start, end = self.tail.pop(node)
+        nxt = self._new_node(node, seq[start])
+        self.count[nxt] = 1
+        if end - start > 1:
+            self.tail[nxt] = (seq, start + 1, end)
+
+    def kids(self, node: int) -> dict[int, int] | None:
+        """``node``'s children (token -> node), its tail unfolded first."""
+        if node in self.tail:
+            self._unfold(node)
+        return self.children[node]
+
     def child(self, node: int, token: int) -> int:
-        kids = self.children[node]
+        kids = self.kids(node)
         return -1 if kids is None else kids.get(token, -1)
+
+    def substrings(self) -> dict[tuple[int, ...], int]:
+        """Every root path (stored substring) with its count; unfolds every tail (tests)."""
+        out, stack = {}, [(0, ())]
+        while stack:
+            node, path = stack.pop()
+            for tok, c in (self.kids(node) or {}).items():
+                out[path + (tok,)] = self.count[c]
+                stack.append((c, path + (tok,)))
+        return out
 
     # ------------------------------------------------------------------ sequences
     def has(self, seq_id) -> bool:
@@ -70,43 +106,37 @@ class SuffixTrie:
     def sequence(self, seq_id) -> list[int]:
         return self._seqs[seq_id][0]
 
-    def add_sequence(self, seq_id, tokens=()) -> None:
-        """Store a whole sequence: each suffix walked down from the root once (the same nodes
-        and counts as appending token by token, with the per-node work inlined: this runs at the
-        end of every request, inside the engine step)."""
+    def add_sequence(self, seq_id, tokens=(), final: bool = False) -> None:
+        """Store a whole sequence: each suffix walked down from the root once, leaving a tail
+        where it leaves the trie (module doc). The same counts as appending token by token, with
+        the per-node work inlined: this runs at the end of every request, inside the engine step.
+        ``final``: the sequence will not be extended, so its last suffixes get tails too."""
         if seq_id in self._seqs:
             raise ValueError(f"sequence {seq_id!r} is already stored")
         seq = [int(t) for t in tokens]
         n, max_depth = len(seq), self.max_depth
-        children, count, depth, parent, token, free = (self.children, self.count, self.depth, self.parent,
-                                                       self.token, self._free)
+        children, count, tail = self.children, self.count, self.tail
         active = deque()
         for start in range(n):
-            node = 0
-            for tok in seq[start : start + max_depth]:
+            node, stop = 0, min(n, start + max_depth)
+            # the last max_depth suffixes may still grow (append): their nodes are made in full
+            growing = stop - start < max_depth and not final
+            for i in range(start, stop):
+                if node in tail:
+                    self._unfold(node)
                 kids = children[node]
-                if kids is None:
-                    kids = children[node] = {}
-                nxt = kids.get(tok)
+                nxt = None if kids is None else kids.get(seq[i])
                 if nxt is None:
-                    if free:
-                        nxt = free.pop()
-                        children[nxt], count[nxt], depth[nxt] = None, 0, depth[node] + 1
-                        parent[nxt], token[nxt] = node, tok
-                    else:
-                        nxt = len(count)
-                        children.append(None)
-                        count.append(0)
-                        depth.append(depth[node] + 1)
-                        parent.append(node)
-                        token.append(tok)
-                    kids[tok] = nxt
-                    self.num_nodes += 1
+                    nxt = self._new_node(node, seq[i])
+                    if not growing and i + 1 < stop:
+                        count[nxt] = 1
+                        tail[nxt] = (seq, i + 1, stop)
+                        break
                 count[nxt] += 1
                 node = nxt
-            if n - start < max_depth:
+            if growing:
                 active.appendleft(node)  # still growing: appending more tokens extends it
-        self._seqs[seq_id] = (seq, active)
+        self._seqs[seq_id] = (seq, None if final else active)
 
     def extend(self, seq_id, tokens) -> None:
         for t in tokens:
@@ -115,12 +145,14 @@ class SuffixTrie:
     def append(self, seq_id, token: int) -> None:
         """O(max_depth): extend every suffix that started in the last max_depth positions."""
         seq, active = self._seqs[seq_id]
+        if active is None:
+            raise ValueError(f"sequence {seq_id!r} was stored as final: it cannot be extended")
         seq.append(token)
         active.appendleft(0)  # the suffix starting at this token
         count, children, max_depth = self.count, self.children, self.max_depth
         for i in range(len(active)):
             node = active[i]
-            kids = children[node]
+            kids = self.kids(node)
             nxt = -1 if kids is None else kids.get(token, -1)
             if nxt < 0:
                 nxt = self._new_node(node, token)
@@ -136,11 +168,16 @@ class SuffixTrie:
     def remove_sequence(self, seq_id) -> None:
         """Decrement every occurrence the sequence contributed; free nodes whose count hits 0."""
         seq, _ = self._seqs.pop(seq_id)
-        count, children = self.count, self.children
+        count, children, tail = self.count, self.children, self.tail
         dead = []
         for start in range(len(seq)):
             node = 0
             for tok in seq[start : start + self.max_depth]:
+                if node in tail:
+                    # only the occurrence that left the tail passes below it (any other walk
+                    # would have unfolded it): the rest of this suffix is that tail
+                    del tail[node]
+                    break
                 node = children[node][tok]
                 count[node] -= 1
                 if count[node] == 0:
@@ -158,7 +195,8 @@ class SuffixTrie:
         return len(self._seqs)
 
     def approx_bytes(self) -> int:
-        return self.num_nodes * NODE_BYTES + 8 * sum(len(s) for s, _ in self._seqs.values())
+        return (self.num_nodes * NODE_BYTES + len(self.tail) * TAIL_BYTES
+                + 8 * sum(len(s) for s, _ in self._seqs.values()))
 
     # ------------------------------------------------------------------ matching
     def extend_match(self, match: list[int], token: int) -> list[int]:
