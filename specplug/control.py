@@ -73,6 +73,7 @@ class LinearCostModel:
     _A: np.ndarray = field(default_factory=lambda: np.zeros((4, 4)))
     _y: np.ndarray = field(default_factory=lambda: np.zeros(4))
     _theta: np.ndarray | None = None  # the solution for the samples so far (None: not solved yet)
+    _floats: tuple = (0.0, 0.0, 0.0, 0.0)  # _theta as Python floats
     _free_mask: int = 15  # terms that were > 0 in the last constrained solution
     # solving costs ~0.05-0.1 ms in numpy: done every few samples, not every engine step
     resolve_every: int = 4
@@ -119,6 +120,7 @@ class LinearCostModel:
                                 key=lambda t: t @ A @ t - 2 * t @ y)
                 self._free_mask = sum(1 << i for i in range(4) if theta[i] > 0)
             self._theta = theta
+            self._floats = tuple(float(v) for v in theta)  # predict() reads these (per-step hot path)
         return self._theta
 
     @staticmethod
@@ -145,18 +147,26 @@ class LinearCostModel:
         """(a, b, c): intercept, seconds per token, speculative-step overhead."""
         if self.samples == 0:
             return (self.prior_a, self.prior_b, self.prior_c)
-        return tuple(float(v) for v in self._solve()[:3])
+        self._solve()
+        return self._floats[:3]
 
     @property
     def per_request(self) -> float:
-        return 0.0 if self.samples == 0 else float(self._solve()[3])
+        if self.samples == 0:
+            return 0.0
+        self._solve()
+        return self._floats[3]
 
     def predict(self, num_tokens, speculating: bool = True, num_requests: int | None = None):
-        a, b, c = self.coefficients
+        if self.samples == 0:
+            a, b, c, r = self.prior_a, self.prior_b, self.prior_c, 0.0
+        else:
+            if self._theta is None:
+                self._solve()
+            a, b, c, r = self._floats
         if len(self._seen) < 2:  # only one kind of step seen: a and c are not separable
             a, c = a + c, 0.0
-        return (max(a, 1e-6) + b * num_tokens + (c if speculating else 0.0)
-                + self.per_request * float(num_requests or 0))
+        return max(a, 1e-6) + b * num_tokens + (c if speculating else 0.0) + r * float(num_requests or 0)
 
 
 @dataclass
@@ -165,7 +175,9 @@ class AcceptanceTracker:
     the ones before it were accepted (d), exponentially weighted (``decay`` per observation of the
     request) and started from priors. f starts from ``prior``; d from the rate pooled over all
     requests (itself started from ``prior``, decaying slowly), because a request kept off only
-    shadow-drafts one token and so never measures d itself."""
+    shadow-drafts one token and so never measures d itself. (f from a pooled rate too was tried:
+    the optimistic fixed prior is what brings a request kept off back on when its acceptance
+    rises, tests/test_budgeting.py, so f keeps it.)"""
 
     prior: float = 0.5
     prior_weight: float = 2.0
@@ -184,6 +196,17 @@ class AcceptanceTracker:
         a1, t1, a2, t2 = self._acc.get(req_id, (0.0, 0.0, 0.0, 0.0))
         w = self.prior_weight
         return (a1 + self.prior * w) / (t1 + w), (a2 + self.later_prior() * w) / (t2 + w)
+
+    def batch_rates(self, req_ids) -> tuple[np.ndarray, np.ndarray]:
+        """``rates`` of each request, as two arrays (the pooled priors computed once)."""
+        w, prior, later_prior = self.prior_weight, self.prior, self.later_prior()
+        acc, none = self._acc, (0.0, 0.0, 0.0, 0.0)
+        first, later = [], []
+        for r in req_ids:
+            a1, t1, a2, t2 = acc.get(r, none)
+            first.append((a1 + prior * w) / (t1 + w))
+            later.append((a2 + later_prior * w) / (t2 + w))
+        return np.array(first), np.array(later)
 
     def alpha(self, req_id) -> float:
         """The acceptance rate of the request's next draft token (the first)."""
@@ -242,7 +265,7 @@ class GoodputController:
         batch = len(req_ids)
         if batch == 0:
             return {}
-        first, later = np.array([self.acceptance.rates(r) for r in req_ids]).T.reshape(2, batch)
+        first, later = self.acceptance.batch_rates(req_ids)
         base_rate = batch / (self.cost.predict(batch, speculating=False, num_requests=batch) + fixed_seconds)
         # every candidate draft token: request i's j-th token is worth f_i d_i^(j-1) expected tokens
         cand = np.flatnonzero(first >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)

@@ -289,12 +289,14 @@ def test_drafts_accepted_in_runs_are_valued_by_their_later_tokens_too(monkeypatc
     assert rate > 1.1 * never and rate > 0.95 * always
     assert np.mean([sum(pl.values()) > 0 for pl in log[-500:]]) > 0.9
 
-    def one_rate(self, req_id):  # the tracker before: one rate for every token of a request
-        a1, t1, a2, t2 = self._acc.get(req_id, (0.0, 0.0, 0.0, 0.0))
-        one = (a1 + a2 + self.prior * self.prior_weight) / (t1 + t2 + self.prior_weight)
-        return one, one
+    def one_rate(self, req_ids):  # the tracker before: one rate for every token of a request
+        rates = []
+        for r in req_ids:
+            a1, t1, a2, t2 = self._acc.get(r, (0.0, 0.0, 0.0, 0.0))
+            rates.append((a1 + a2 + self.prior * self.prior_weight) / (t1 + t2 + self.prior_weight))
+        return np.array(rates), np.array(rates)
 
-    monkeypatch.setattr(control.AcceptanceTracker, "rates", one_rate)
+    monkeypatch.setattr(control.AcceptanceTracker, "batch_rates", one_rate)
     _, rate_one, log_one = simulate(**args)
     assert rate_one < 1.03 * never  # drafts a little now and then, gains nothing
     assert np.mean([sum(pl.values()) for pl in log[-500:]]) > 3 * np.mean([sum(pl.values()) for pl in log_one[-500:]])

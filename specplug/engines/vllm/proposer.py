@@ -182,43 +182,47 @@ class SpecplugProposer:
                                   len(getattr(sched, "num_scheduled_tokens", None) or ()))
         self._sync_lifecycle()
         req_ids = self._input_batch.req_ids
-        num_prompt = self._input_batch.num_prompt_tokens
+        rows_now = len(sampled_token_ids)
+        num_prompt = self._input_batch.num_prompt_tokens[:rows_now].tolist()
+        num_tokens = num_tokens_no_spec[:rows_now].tolist()
         k_sched = int(getattr(sched, "num_spec_tokens_to_schedule", 0) or 0)
         k = min(self.k, k_sched) if k_sched > 0 else self.k
-        rows, batch, caps = [], [], []
+        proposer, planner, started = self.proposer, self.planner, self._started
+        rows, ids, caps = [], [], []
         for row, sampled in enumerate(sampled_token_ids):
             if not sampled:  # a prefill chunk: nothing was sampled, nothing to draft
                 continue
             rid = req_ids[row]
-            n = int(num_tokens_no_spec[row])
-            committed = [int(t) for t in sampled]
-            if rid not in self._started:  # e.g. the plugin was bound after the request arrived
-                self.proposer.start(rid, token_ids_cpu[row, : int(num_prompt[row])].tolist())
-                self._started.add(rid)
+            n = num_tokens[row]
+            if rid not in started:  # e.g. the plugin was bound after the request arrived
+                proposer.start(rid, token_ids_cpu[row, : num_prompt[row]].tolist())
+                started.add(rid)
             else:
                 # root_token: the token before this step's commits, so learners can pair
                 # each committed token with its predecessor (no target top-k on this path)
                 prev = int(token_ids_cpu[row, n - len(sampled) - 1]) if n > len(sampled) else None
-                self.proposer.observe(rid, committed, VerifyInfo(_NO_TREE, [], None, root_token=prev))
-            self.planner.committed(rid, committed)
+                proposer.observe(rid, sampled, VerifyInfo(_NO_TREE, [], None, root_token=prev))
+            planner.committed(rid, sampled)
             cap = min(k, self.max_model_len - n - 1)
-            if cap <= 0:
-                continue
-            rows.append(row)
-            batch.append(ReqState(rid, np.asarray(token_ids_cpu[row, :n]), int(num_prompt[row])))
-            caps.append(cap)
+            if cap > 0:
+                rows.append(row)
+                ids.append(rid)
+                caps.append(cap)
         self.pending_trees = {}
-        if not batch:
-            self.planner.step_finished(0)
+        if not ids:
+            planner.step_finished(0)
             return out
-        plan = self.planner.budgets([r.req_id for r in batch])
+        plan = planner.budgets(ids)
         # budget 0: draft nothing, except now and then one unsent shadow token (specplug/budgeting.py)
-        sizes = [min(cap, plan[r.req_id]) for r, cap in zip(batch, caps)]
-        keep = [i for i, (r, size) in enumerate(zip(batch, sizes)) if size > 0 or self.planner.shadow(r.req_id)]
-        rows, batch, sizes = [rows[i] for i in keep], [batch[i] for i in keep], [sizes[i] for i in keep]
-        if not batch:
-            self.planner.step_finished(0)
+        sizes = [min(cap, plan[rid]) for rid, cap in zip(ids, caps)]
+        keep = [i for i, (rid, size) in enumerate(zip(ids, sizes)) if size > 0 or planner.shadow(rid)]
+        if not keep:
+            planner.step_finished(0)
             return out
+        rows, sizes = [rows[i] for i in keep], [sizes[i] for i in keep]
+        # what a proposer reads at draft time, built only for the requests that draft
+        batch = [ReqState(req_ids[row], np.asarray(token_ids_cpu[row, : num_tokens[row]]), num_prompt[row])
+                 for row in rows]
         budgets = [self._budget(r.req_id, size) for r, size in zip(batch, sizes)]
         self.planner.propose_started()
         try:
