@@ -44,6 +44,35 @@ def test_repeats_pair_rounds_and_take_medians():
     assert "4.0 (2–8)" in line and "2.00× (" in line
 
 
+def test_interleaved_rounds_compare_each_part_with_the_baselines_same_part():
+    # --interleave: every run is another part of the phase's prompts, so run k is checked against
+    # the baseline's run k and every part counts (not the worst run against run 0's prompts)
+    part1, part2 = [[1, 2], [3, 4]], [[5, 6], [7, 8]]
+    base = SuiteResult(Variant("no speculation", None), dict(result(phase(2.0, part1), phase(4.0, part2)),
+                                                             interleaved_rounds=2))
+    spec = SuiteResult(Variant("x", {}), dict(result(phase(1.0, part1), phase(2.0, [[5, 6], [7, 0]])),
+                                              interleaved_rounds=2))
+    r = report.rows([base, spec])[1]
+    assert r["identical"] == "3/4" and r["prompts"] == 4 and r["output_tokens"] == 8
+    assert r["speedup_runs"] == [2.0, 2.0]
+    assert r["differing"] == [{"prompt": 3, "run": 1, "position": 1, "lengths": [2, 2]}]
+
+
+def test_interleaving_cuts_every_phase_into_consecutive_parts():
+    import pytest
+
+    from specplug.bench.suite import split_phases
+
+    phases = [{"name": "c1", "concurrency": 1, "offset": 0, "num": 5},
+              {"name": "c4", "concurrency": 4, "offset": 5}]  # no num: the prompts from offset on
+    rounds = split_phases(phases, 3, num_prompts=17)
+    assert [[(p["offset"], p["num"]) for p in r] for r in rounds] == [[(0, 1), (5, 4)], [(1, 2), (9, 4)],
+                                                                      [(3, 2), (13, 4)]]
+    assert all(p["concurrency"] == q["concurrency"] for r in rounds for p, q in zip(r, phases))
+    with pytest.raises(ValueError, match="'c1' has only 5 prompts"):
+        split_phases(phases, 6, num_prompts=17)
+
+
 def test_failed_configuration_is_reported_not_dropped():
     base = SuiteResult(Variant("no speculation", None), result(phase(2.0, OUT)))
     bad = SuiteResult(Variant("y", {}), {"ok": False, "error": "boom"})

@@ -3,10 +3,16 @@
 Every configuration (no speculation, vLLM ngram/suffix, each specplug method) gets its own
 process so engines never share memory or warm caches, and a crash in one is reported instead
 of ending the benchmark. Usage (internal): ``python -m specplug.bench.engine_run IN.json OUT.json``.
+
+``python -m specplug.bench.engine_run --serve IN.json`` keeps the engine up instead (``specplug
+bench --interleave``): it writes ``{"ok": true, "engine_start_s": ...}`` to ``IN.json.ready``, then
+reads one JSON command per line on stdin, ``{"phases": [...], "out": PATH}``, runs those phases
+and writes their result to PATH (complete: written aside, then renamed); an empty line ends it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -58,7 +64,8 @@ def _spec_counters(llm) -> dict[str, int]:
     return out
 
 
-def run(req: dict) -> dict:
+def build(req: dict):
+    """The engine of ``req``, warmed up; returns (llm, seconds it took to start)."""
     from vllm import LLM, SamplingParams
 
     t0 = time.time()
@@ -74,11 +81,42 @@ def run(req: dict) -> dict:
         **(req.get("engine_args") or {}),
     )
     start_s = time.time() - t0
+    llm.generate([{"prompt_token_ids": req["prompts"][0][:8]}], SamplingParams(temperature=0.0, max_tokens=4),
+                 use_tqdm=False)  # warm-up: first-call overheads are not part of any phase
+    return llm, start_s
+
+
+def run(req: dict) -> dict:
+    llm, start_s = build(req)
+    return {"ok": True, "engine_start_s": start_s, "phases": run_phases(llm, req)}
+
+
+def serve(req: dict, ready_path: str) -> None:
+    llm, start_s = build(req)
+    _write(ready_path, {"ok": True, "engine_start_s": start_s})
+    for line in sys.stdin:
+        if not line.strip():
+            return
+        cmd = json.loads(line)
+        try:
+            result = {"ok": True, "engine_start_s": start_s, "phases": run_phases(llm, dict(req, phases=cmd["phases"]))}
+        except Exception as e:
+            result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        _write(cmd["out"], result)
+
+
+def _write(path: str, obj: dict) -> None:
+    with open(path + ".part", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".part", path)  # a reader never sees half a file
+
+
+def run_phases(llm, req: dict) -> dict:
+    from vllm import SamplingParams
+
     topk = req.get("logprobs")  # record the target's top-k per output position (traces)
     params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"], logprobs=topk)
     sampling = req.get("sampling")  # {"temperature": T, "seed": s}: request i gets seed s + i
-    llm.generate([{"prompt_token_ids": req["prompts"][0][:8]}], SamplingParams(temperature=0.0, max_tokens=4),
-                 use_tqdm=False)  # warm-up: first-call overheads are not part of any phase
     phases = {}
     for phase in req["phases"]:
         # Phases use disjoint prompts: a proposer with a global cache (suffix) must not be
@@ -122,7 +160,10 @@ def run(req: dict) -> dict:
             **({"topk": topks} if topk else {}),
             **{k: after[k] - before[k] for k in after},
         }
-    return {"ok": True, "engine_start_s": start_s, "phases": phases}
+    return phases
+
+
+_CALLS = itertools.count()
 
 
 def _closed_loop(llm, prompts, concurrency: int, params_for):
@@ -142,7 +183,8 @@ def _closed_loop(llm, prompts, concurrency: int, params_for):
         while nxt < len(prompts) and nxt - len(done) < concurrency:
             params = params_for(nxt).clone()
             params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate asks
-            engine.add_request(f"bench-{nxt}", {"prompt_token_ids": prompts[nxt]}, params)
+            # ids unique over the engine's life (a served engine runs many phases)
+            engine.add_request(f"bench{next(_CALLS)}-{nxt}", {"prompt_token_ids": prompts[nxt]}, params)
             nxt += 1
         for out in engine.step():
             if out.finished:
@@ -151,6 +193,16 @@ def _closed_loop(llm, prompts, concurrency: int, params_for):
 
 
 def main() -> int:
+    if sys.argv[1] == "--serve":
+        with open(sys.argv[2]) as f:
+            req = json.load(f)
+        try:
+            serve(req, sys.argv[2] + ".ready")
+        except Exception as e:  # the engine did not start: say why where the suite looks
+            _write(sys.argv[2] + ".ready", {"ok": False, "error": f"{type(e).__name__}: {e}",
+                                             "traceback": traceback.format_exc()})
+            return 1
+        return 0
     src, dst = sys.argv[1], sys.argv[2]
     with open(src) as f:
         req = json.load(f)

@@ -34,12 +34,13 @@ def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> 
             tps = [_tps(x) for x in runs]
             drafts = sum(x["num_drafts"] for x in runs)
             accepted = sum(x["num_accepted_tokens"] for x in runs)
+            interleaved = bool(res.get("interleaved_rounds"))  # each run: another part of the phase's prompts
             row = {
                 "config": r.variant.label,
                 "phase": name,
                 "concurrency": ph["concurrency"],
-                "prompts": ph["num_prompts"],
-                "output_tokens": ph["output_tokens"],
+                "prompts": sum(x["num_prompts"] for x in runs) if interleaved else ph["num_prompts"],
+                "output_tokens": sum(x["output_tokens"] for x in runs) if interleaved else ph["output_tokens"],
                 "runs": len(runs),
                 "tok_per_s": float(np.median(tps)),
                 "tok_per_s_runs": tps,
@@ -54,23 +55,31 @@ def rows(results: list[SuiteResult], baseline_label: str = "no speculation") -> 
                 ratios = [t / _tps(b) for t, b in zip(tps, bruns) if _tps(b) > 0]
                 row["speedup"] = float(np.median(ratios)) if ratios else float("nan")
                 row["speedup_runs"] = ratios
-                want = bruns[0]["outputs"]
-                same = min(sum(a == b for a, b in zip(x["outputs"], want)) for x in runs)
-                row["identical"] = f"{same}/{len(want)}"
-                row["differing"] = _differing(runs, want)
+                if interleaved:  # run k against the baseline's run k (the same prompts), all counted
+                    wants = [b["outputs"] for b in bruns]
+                    same = sum(sum(a == b for a, b in zip(x["outputs"], w)) for x, w in zip(runs, wants))
+                    row["identical"] = f"{same}/{sum(len(w) for w in wants)}"
+                else:  # every run has the baseline's prompts: the worst run
+                    wants = [bruns[0]["outputs"]] * len(runs)
+                    same = min(sum(a == b for a, b in zip(x["outputs"], wants[0])) for x in runs)
+                    row["identical"] = f"{same}/{len(wants[0])}"
+                row["differing"] = _differing(runs, wants, interleaved)
             out.append(row)
     return out
 
 
-def _differing(runs: list[dict], want: list[list[int]]) -> list[dict]:
+def _differing(runs: list[dict], wants: list[list[list[int]]], interleaved: bool = False) -> list[dict]:
     """Where outputs differ from no speculation's: prompt index (in the phase), run, and the first
     differing output position, so a difference can be traced (a late near-tie vs an early bug)."""
     out = []
-    for k, x in enumerate(runs):
+    first_prompt = 0  # interleaved: run k holds the phase's prompts after those of runs < k
+    for k, (x, want) in enumerate(zip(runs, wants)):
         for i, (a, b) in enumerate(zip(x["outputs"], want)):
             if a != b:
                 first = next((j for j, (s, t) in enumerate(zip(a, b)) if s != t), min(len(a), len(b)))
-                out.append({"prompt": i, "run": k, "position": first, "lengths": [len(a), len(b)]})
+                out.append({"prompt": first_prompt + i, "run": k, "position": first, "lengths": [len(a), len(b)]})
+        if interleaved:
+            first_prompt += len(want)
     return out
 
 

@@ -169,3 +169,124 @@ def run_suite(variants: list[Variant], base_request: dict, log_dir: Path, repeat
         elif not res.get("ok"):  # a failed repeat fails the configuration: no silent partial numbers
             sr.result = res
     return [results[id(v)] for v in variants]
+
+
+def split_phases(phases: list[dict], rounds: int, num_prompts: int) -> list[list[dict]]:
+    """Each phase's prompts cut into ``rounds`` consecutive parts: round r runs part r of every
+    phase. A phase with fewer prompts than rounds is refused (a part would be empty)."""
+    out = [[] for _ in range(rounds)]
+    for ph in phases:
+        start = ph.get("offset", 0)
+        n = ph.get("num", num_prompts - start)
+        if n < rounds:
+            raise ValueError(f"--interleave {rounds}: phase {ph['name']!r} has only {n} prompts")
+        cuts = [start + n * r // rounds for r in range(rounds + 1)]
+        for r in range(rounds):
+            out[r].append(dict(ph, offset=cuts[r], num=cuts[r + 1] - cuts[r]))
+    return out
+
+
+class _ServedEngine:
+    """One configuration's engine kept up for the whole run (engine_run --serve)."""
+
+    def __init__(self, variant: Variant, base_request: dict, log_dir: Path, tmp: Path, step_trace: bool):
+        self.name = slug(variant.label)
+        self.tmp, self.log_path = tmp, log_dir / f"{self.name}.log"
+        req = dict(base_request, speculative_config=variant.speculative_config, engine_args=variant.engine_args)
+        self.src = tmp / f"{self.name}.json"
+        self.src.write_text(json.dumps(req))
+        # every engine of the run is up at once: a smaller KV cache each (the tiny and 135M models
+        # need far less than 1 GiB at concurrency 16)
+        env = {**os.environ, **cpu_engine_env(), "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+               **variant.env}
+        if step_trace:
+            env["SPECPLUG_STEP_TRACE"] = str(log_dir / "steps" / self.name)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "specplug.bench.engine_run", "--serve", str(self.src)],
+                                     stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     text=True)
+        self.calls = 0
+
+    def _wait(self, path: Path) -> dict:
+        import time
+
+        while not path.exists():
+            if self.proc.poll() is not None:
+                return {"ok": False, "error": f"engine process exited with {self.proc.returncode} (log: {self.log_path})"}
+            time.sleep(0.05)
+        res = json.loads(path.read_text())
+        if not res.get("ok"):
+            res["error"] = f"{res.get('error')} (log: {self.log_path})"
+        return res
+
+    def ready(self) -> dict:
+        return self._wait(Path(str(self.src) + ".ready"))
+
+    def run(self, phases: list[dict]) -> dict:
+        self.calls += 1
+        out = self.tmp / f"{self.name}.{self.calls}.out.json"
+        self.proc.stdin.write(json.dumps({"phases": phases, "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        return self._wait(out)
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+        self.log.close()
+
+
+def run_suite_interleaved(variants: list[Variant], base_request: dict, log_dir: Path, rounds: int,
+                          step_trace: bool = False, settle_s: float = 0.3) -> list[SuiteResult]:
+    """Every configuration's engine up at once; each phase cut into ``rounds`` parts, and round r
+    runs part r of every phase on every configuration in turn (order reversed every other round).
+
+    Why: on a shared VM the machine's speed drifts by 10-30% over minutes. Run one after another
+    (run_suite), a configuration and the baseline it is compared with are minutes apart; here
+    they are seconds apart, every round, and a round's ratio compares the same prompts. Engines
+    start once (not once per round), so more rounds cost little. ``settle_s``: a pause between
+    configurations, so the last one's OpenMP threads have stopped spinning before the next starts."""
+    import time
+
+    from tqdm import tqdm
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    parts = split_phases(base_request["phases"], rounds, len(base_request["prompts"]))
+    results = {id(v): SuiteResult(v) for v in variants}
+    for v in variants:
+        if v.skip_reason:
+            results[id(v)].result = {"ok": False, "skipped": True, "error": v.skip_reason}
+        elif v.endpoint:
+            raise ValueError("--interleave runs engines it starts itself; endpoints (--endpoint) run without it")
+    live = [v for v in variants if not v.skip_reason]
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = {}
+        try:
+            for v in tqdm(live, desc="starting engines", unit="engine"):
+                engines[id(v)] = _ServedEngine(v, base_request, log_dir, Path(tmp), step_trace)
+                res = engines[id(v)].ready()  # one at a time: starts compete for the 2 cores otherwise
+                if not res.get("ok"):
+                    results[id(v)].result = res
+            plan = [(r, v) for r in range(rounds) for v in (live if r % 2 == 0 else live[::-1])]
+            bar = tqdm(plan, desc="rounds x configurations", unit="cfg")
+            for r, v in bar:
+                sr = results[id(v)]
+                if sr.result and not sr.result.get("ok"):
+                    continue  # failed to start, or failed a round: no partial numbers
+                bar.set_postfix_str(f"{v.label} (round {r + 1}/{rounds})")
+                time.sleep(settle_s)
+                res = engines[id(v)].run(parts[r])
+                if not res.get("ok"):
+                    sr.result = res
+                elif not sr.result:
+                    sr.result = dict(res, interleaved_rounds=rounds)
+                else:
+                    sr.result.setdefault("repeats", []).append(res)
+        finally:
+            for e in engines.values():
+                e.close()
+    return [results[id(v)] for v in variants]

@@ -61,6 +61,11 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="run every configuration this many times, round-robin with the order reversed every "
                         "other round; tables show the median and the min-max (use >= 3 on a noisy machine)")
+    p.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                   help="keep every configuration's engine up and cut each phase's prompts into ROUNDS parts; "
+                        "round r runs part r on every configuration in turn, so each is compared with the "
+                        "baseline seconds apart on the same prompts (the VM's speed drifts over minutes). "
+                        "Speedups are the median of the rounds' ratios; replaces --repeats")
     p.add_argument("--sync-baseline", action="store_true",
                    help="also run no speculation with async scheduling off, the mode vLLM forces for CPU-side "
                         "drafters (ngram, suffix, custom_class): shows what that mode alone costs on GPU; "
@@ -191,6 +196,12 @@ def run(args) -> int:
         raise ValueError(f"--concurrency: expected positive integers, got {args.concurrency!r}")
     if args.repeats < 1:
         raise ValueError(f"--repeats: expected a positive integer, got {args.repeats}")
+    interleave = getattr(args, "interleave", 0)
+    if interleave < 0 or (interleave and args.repeats > 1):
+        raise ValueError(f"--interleave: expected a positive number of rounds and no --repeats, got "
+                         f"--interleave {interleave} --repeats {args.repeats}")
+    if interleave and args.endpoint:
+        raise ValueError("--interleave starts its own engines; it cannot be used with --endpoint")
     rows, phases = _phases(args, concs)
     prompts = workload.chat_prompts(model_dir, rows, args.max_prompt_tokens)
     if args.endpoint:
@@ -224,10 +235,15 @@ def run(args) -> int:
               else str(args.max_tokens))
     print(f"[specplug] {len(prompts)} prompts x {length} greedy tokens on {model_dir} ({args.dtype}); "
           + (f"{len(variants)} running endpoints" if args.endpoint else
-             f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"), flush=True)
+             f"{len(variants)} configurations, each in its own engine process (~20-30 s start each)"
+             + (f", all up at once, {interleave} interleaved rounds" if interleave else "")), flush=True)
     t0 = time.time()
-    results = suite.run_suite(variants, base, out_dir / "logs", repeats=args.repeats,
-                              step_trace=getattr(args, "step_trace", False))
+    if interleave:
+        results = suite.run_suite_interleaved(variants, base, out_dir / "logs", rounds=interleave,
+                                              step_trace=getattr(args, "step_trace", False))
+    else:
+        results = suite.run_suite(variants, base, out_dir / "logs", repeats=args.repeats,
+                                  step_trace=getattr(args, "step_trace", False))
     table = report.rows(results)
     md = report.markdown(table)
     if getattr(args, "per_category", False):
