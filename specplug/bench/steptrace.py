@@ -4,7 +4,9 @@ Each engine process running a specplug method writes one row per engine step
 (specplug/budgeting.py, TRACE_COLUMNS). The summary looks at full-batch steps only (as many
 requests as the largest batch seen), where the controller's choices matter most, and splits a
 step's time into what the cost model sees (the engine's work between two drafting calls) and the
-adapter's own work (bookkeeping for every request, drafting for the requests that draft).
+adapter's own work (bookkeeping for every request, drafting for the requests that draft), and
+the tokens committed per millisecond of those steps (engine step + adapter), which compares a
+configuration with the controller and without it on the same steps of one run.
 """
 
 from __future__ import annotations
@@ -52,21 +54,25 @@ def summarize(rows: list[dict]) -> dict | None:
         "drafting_ms_per_request": (sum(r["drafting_ms"] for r in steps) / drafting_requests
                                     if drafting_requests else float("nan")),
         "sent_tokens": mean(r["sent_tokens"] for r in steps),
+        # traces written before the column existed have no committed tokens
+        "tokens_per_ms": (sum(r["committed_tokens"] for r in steps)
+                          / sum(r["step_ms"] + r["bookkeeping_ms"] + r["drafting_ms"] for r in steps)
+                          if all("committed_tokens" in r for r in steps) else float("nan")),
     }
 
 
 def markdown(summaries: dict[str, dict | None]) -> str:
     head = ("| config | batch | steps | steps verifying drafts | step ms without drafts (tokens) | "
             "step ms verifying drafts (tokens) | bookkeeping ms/step | drafting ms/step | "
-            "drafting ms per drafting request | draft tokens sent/step |")
-    lines = [head, "|" + "---|" * 10]
+            "drafting ms per drafting request | draft tokens sent/step | tokens committed per ms |")
+    lines = [head, "|" + "---|" * 11]
     for label, s in summaries.items():
         if s is None:
-            lines.append(f"| {label} | no trace rows |" + " |" * 8)
+            lines.append(f"| {label} | no trace rows |" + " |" * 9)
             continue
         lines.append(
             f"| {label} | {s['batch']} | {s['steps']} | {100 * s['share_verifying']:.0f}% | "
             f"{s['plain_step_ms']:.2f} ({s['plain_tokens']:.0f}) | {s['verify_step_ms']:.2f} ({s['verify_tokens']:.0f}) | "
             f"{s['bookkeeping_ms']:.2f} | {s['drafting_ms']:.2f} | {s['drafting_ms_per_request']:.3f} | "
-            f"{s['sent_tokens']:.1f} |")
+            f"{s['sent_tokens']:.1f} | {s['tokens_per_ms']:.2f} |")
     return "\n".join(lines)

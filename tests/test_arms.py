@@ -1,0 +1,103 @@
+"""The measured check of the controller's plan (specplug/arms.py): which policy runs, and what
+probing the other one costs."""
+
+from __future__ import annotations
+
+
+from specplug.arms import MeasuredArms
+
+
+def feed(arms: MeasuredArms, rates: dict, steps: int) -> list[str]:
+    """Steps at a fixed tokens-per-second per policy; the policy of every step."""
+    seen = []
+    for _ in range(steps):
+        if arms.probe_due:
+            arms.start_probe()
+        seen.append(arms.policy)
+        arms.step(16, 16 / rates[arms.policy])
+    return seen
+
+
+def test_the_faster_policy_takes_over_and_the_slower_one_is_probed_less_and_less():
+    arms = MeasuredArms(window=10, settle=2, first_gap=3, max_gap=16)
+    seen = feed(arms, {"model": 100.0, "full": 150.0}, 2000)
+    assert seen[0] == "model" and seen[-1] == "full"
+    assert abs(arms.rates["full"] - 150.0) < 1e-6
+    share_model = seen[1000:].count("model") / 1000
+    assert 0 < share_model < 0.05  # probed now and then, aborted early, the gap at its maximum
+    assert arms._gap == 16
+
+
+def test_a_probe_that_falls_behind_ends_early():
+    arms = MeasuredArms(window=24, settle=2, min_probe=4, first_gap=2)
+    seen = feed(arms, {"model": 100.0, "full": 40.0}, 24 * 3 + 10)
+    first_probe = seen.index("full")
+    assert first_probe == 48
+    assert seen[first_probe:].count("full") == 2 + 4  # settle + min_probe steps, not the window
+    assert arms.policy == "model" and arms._gap == 4
+
+
+def test_a_declined_probe_counts_as_lost():
+    arms = MeasuredArms(window=5, first_gap=2, max_gap=8)
+    for _ in range(10):
+        arms.step(16, 0.1)
+    assert arms.probe_due
+    arms.skip_probe()
+    assert not arms.probe_due and arms.policy == "model" and arms._gap == 4
+
+
+def test_probing_a_mildly_worse_policy_costs_little():
+    """Full budgets ~10% slower than the plan (cheap tokens, low acceptance): the model's screen
+    lets the probes run, the early end and the growing gap keep their cost small."""
+    from tests.test_budgeting import simulate
+
+    args = dict(a=0.003, b=1e-5, alphas={f"r{i}": 0.2 for i in range(16)}, steps=3000)
+    _, with_probes, log = simulate(**args)
+    _, without, _ = simulate(**args, arms=MeasuredArms(first_gap=10**9))
+    assert with_probes >= 0.98 * without
+    assert any(all(v == 8 for v in pl.values()) for pl in log)  # not vacuous: full was probed
+
+
+def test_each_batch_size_class_has_its_own_check():
+    """Tokens per second at concurrency 1 and 16 are not comparable: measured rates and the
+    policy that won are kept per batch size class (1, 2-3, 4-7, 8-15, 16-31, ...)."""
+    from specplug.budgeting import BudgetPlanner
+
+    t = [0.0]
+    p = BudgetPlanner(4, clock=lambda: t[0])
+    for n in (1, 16, 16, 5, 1):
+        p.step_started(n, has_new_requests=False, num_requests=n)
+        p.budgets([f"r{i}" for i in range(n)])
+        t[0] += 0.01
+        p.step_finished(0)
+    assert sorted(p._arms) == [1, 3, 5]
+    # the first step has no interval before it to measure
+    assert p.arms is p._arms[1] and [p._arms[k]._step for k in (1, 3, 5)] == [1, 1, 2]
+
+
+def test_an_idle_engine_does_not_count_against_the_policy_that_was_running():
+    """Between bursts of requests (or benchmark rounds) the engine idles; that interval is not a
+    step of whichever policy ran last."""
+    from specplug.budgeting import BudgetPlanner
+
+    t = [0.0]
+    p = BudgetPlanner(4, clock=lambda: t[0])
+    ids = [f"r{i}" for i in range(4)]
+    for step in range(40):
+        t[0] += 30.0 if step == 20 else 0.01  # half a minute without requests
+        p.step_started(4, has_new_requests=False, num_requests=4)
+        for r in ids:
+            p.committed(r, [1])
+        p.budgets(ids)
+        p.step_finished(0)
+    assert p.arms.rates["model"] > 300  # 4 tokens per 10 ms, the idle half minute left out
+
+
+def test_a_window_of_fast_steps_lasts_long_enough_to_measure():
+    arms = MeasuredArms(window=24, settle=2, min_seconds=0.3)
+    for _ in range(200):
+        arms.step(1, 0.001)  # 1 ms steps: 24 of them would be 24 ms of a noisy machine
+    assert arms.rates["model"] is None and arms._step == 200
+    for _ in range(102):
+        arms.step(1, 0.001)
+    assert abs(arms.rates["model"] - 1000.0) < 1e-6 and arms._step == 0
