@@ -70,37 +70,47 @@ class MeasuredArms:
         if (not self._probing or self._step < self.settle + self.min_probe
                 or self._seconds < self.min_seconds / 2):
             return False
-        incumbent = self.rates[POLICIES[1 - POLICIES.index(self.policy)]]
+        incumbent = self.rates[self._other()]
         return incumbent is not None and self._tokens / self._seconds < (1 - self.abort_margin) * incumbent
 
     def start_probe(self) -> None:
         self.probe_due, self._probing = False, True
-        self._switch(POLICIES[1 - POLICIES.index(self.policy)])
+        self._switch(self._other())
 
     def skip_probe(self) -> None:
         """A due probe not run: as if it had lost."""
         self.probe_due = False
-        self._gap = min(self.max_gap, 2 * self._gap)
+        self._back_off()
 
     def _end_window(self) -> None:
         if self._seconds > 0:
             rate = self._tokens / self._seconds
             old = self.rates[self.policy]
             self.rates[self.policy] = rate if old is None else (1 - self.weight) * old + self.weight * rate
-        self._step, self._tokens, self._seconds = 0, 0, 0.0
-        other = POLICIES[1 - POLICIES.index(self.policy)]
+        self._new_window()
+        other = self._other()
         if self._probing:  # a probe window just ended: keep it if it won
             self._probing = False
-            won = self.rates[other] is not None and self.rates[self.policy] > self.rates[other]
-            self._gap = self.first_gap if won else min(self.max_gap, 2 * self._gap)
-            if not won:
+            if self.rates[other] is not None and self.rates[self.policy] > self.rates[other]:
+                self._gap = self.first_gap
+            else:
+                self._back_off()
                 self._switch(other)
             return
         self._since_probe += 1
         if self._since_probe >= self._gap:
             self._since_probe, self.probe_due = 0, True
 
+    def _other(self) -> str:
+        return POLICIES[1 - POLICIES.index(self.policy)]
+
+    def _back_off(self) -> None:
+        self._gap = min(self.max_gap, 2 * self._gap)
+
+    def _new_window(self) -> None:
+        self._step, self._tokens, self._seconds = 0, 0, 0.0
+
     def _switch(self, policy: str) -> None:
         self.policy = policy
         self.switches += 1
-        self._step, self._tokens, self._seconds = 0, 0, 0.0
+        self._new_window()

@@ -110,8 +110,7 @@ class BudgetPlanner:
         self._trace_row: list = []  # this step's values so far (trace only)
         self._trace_rows = 0
         self._sent_tokens = 0
-        self._committed_tokens = 0
-        self._step_tokens = 0  # committed this step (arms); the trace's count is reset separately
+        self._committed_tokens = 0  # committed this step (trace, arms)
         self._idle_gap = False
         if trace is not None:
             trace.write("\t".join(TRACE_COLUMNS) + "\n")
@@ -134,27 +133,22 @@ class BudgetPlanner:
             self._trace_row = [num_scheduled_tokens, gap, self._sent_any, has_new_requests, now]
         steady = self._kind_before == self._sent_any
         self._kind_before = self._sent_any
-        # an engine idle for a while (no requests) does not measure a policy (arms): a gap far
-        # longer than a step, or, before the cost model is fitted, longer than IDLE_SECONDS
+        # an idle gap (no requests for a while) is not a step time: once the cost model is fitted,
+        # an interval over 10x its prediction is left out of the fit; for the measured check of
+        # the plan (arms) also, before that, one longer than IDLE_SECONDS
         self._idle_gap = False
         if self._last_end is not None:
             cost, seconds = self.controller.cost, now - self._last_end
-            limit = (10 * cost.predict(max(num_scheduled_tokens, 1), self._sent_any, num_requests)
-                     if cost.identified else IDLE_SECONDS)
-            self._idle_gap = seconds > limit
-        if self._last_end is not None and not has_new_requests and num_scheduled_tokens > 0 and steady:
-            seconds = now - self._last_end
-            cost = self.controller.cost
-            # an idle gap (no requests for a while) is not a step time: ignore outliers once fitted
-            if not (cost.identified
-                    and seconds > 10 * cost.predict(num_scheduled_tokens, self._sent_any, num_requests)):
+            outlier = cost.identified and seconds > 10 * cost.predict(max(num_scheduled_tokens, 1),
+                                                                        self._sent_any, num_requests)
+            self._idle_gap = outlier or (not cost.identified and seconds > IDLE_SECONDS)
+            if not has_new_requests and num_scheduled_tokens > 0 and steady and not outlier:
                 self.controller.observe_step(num_scheduled_tokens, seconds, self._sent_any, num_requests)
         self._sent_any = False  # from here on: the drafts for the next step
 
     def committed(self, req_id, tokens: list[int]) -> None:
         """Tokens the engine committed for ``req_id`` this step (accepted drafts + bonus)."""
         self._committed_tokens += len(tokens)
-        self._step_tokens += len(tokens)
         last = self._last.pop(req_id, None)
         if last is None or not tokens:
             return
@@ -185,11 +179,12 @@ class BudgetPlanner:
             self._off_streak = 0  # one try per streak, even if this plan drafts nothing
             self._explore_left, self._explore_drafts = self.explore_steps - 1, True
         else:
+            plan = None
             if self.arms is not None and self.arms.probe_due:
-                self._probe_or_skip(req_ids)
+                plan = self._probe_or_skip(req_ids)
             if self.arms is not None and self.arms.policy == "full":
                 plan = {r: self.max_budget for r in req_ids}
-            else:
+            elif plan is None:
                 plan = self.controller.plan(list(req_ids))
         n_off = 0
         for r, b in plan.items():
@@ -206,10 +201,10 @@ class BudgetPlanner:
         self.stats["off_rows"] += n_off
         return plan
 
-    def _probe_or_skip(self, req_ids) -> None:
+    def _probe_or_skip(self, req_ids) -> dict:
         """Start the due probe of the other policy unless the model predicts it far slower
         (``probe_screen``): the model is trusted to rule out what is clearly worse, measurement
-        decides the rest (specplug/arms.py)."""
+        decides the rest (specplug/arms.py). Returns the controller's plan it compared."""
         ids = list(req_ids)
         full = {r: self.max_budget for r in ids}
         plan = self.controller.plan(ids)
@@ -219,6 +214,7 @@ class BudgetPlanner:
             self.arms.start_probe()
         else:
             self.arms.skip_probe()
+        return plan
 
     def _period_for(self, n_off: int, batch: int) -> int:
         """Steps between shadow drafts of one request: ``shadow_every``, or longer where
@@ -264,7 +260,7 @@ class BudgetPlanner:
             self._trace.write(f"{self._trace_rows}\t{tokens}\t{gap * 1e3:.3f}\t{int(verified)}\t{int(new)}\t"
                               f"{(drafting_from - start) * 1e3:.3f}\t{(now - drafting_from) * 1e3:.3f}\t"
                               f"{num_drafting_requests}\t{self._sent_tokens}\t{self._committed_tokens}\n")
-        self._trace_row, self._trace_rows, self._sent_tokens, self._committed_tokens = [], 0, 0, 0
+        self._trace_row, self._trace_rows, self._sent_tokens = [], 0, 0
         if self._draft_start is not None and num_drafting_requests:
             warm = len(self._drafted_now & self._drafted_before)
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests,
@@ -274,8 +270,8 @@ class BudgetPlanner:
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._off_streak = 0 if self._sent_any else self._off_streak + 1
         if self.enabled and self._arms_key and self._last_end is not None and not self._idle_gap:
-            self.arms.step(self._step_tokens, now - self._last_end)  # key 0: nothing planned yet
-        self._step_tokens = 0
+            self.arms.step(self._committed_tokens, now - self._last_end)  # key 0: nothing planned yet
+        self._committed_tokens = 0
         self._last_end = now
 
     def forget(self, req_id) -> None:

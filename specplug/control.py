@@ -193,9 +193,8 @@ class AcceptanceTracker:
 
     def rates(self, req_id) -> tuple[float, float]:
         """(f, d) of the request."""
-        a1, t1, a2, t2 = self._acc.get(req_id, (0.0, 0.0, 0.0, 0.0))
-        w = self.prior_weight
-        return (a1 + self.prior * w) / (t1 + w), (a2 + self.later_prior() * w) / (t2 + w)
+        first, later = self.batch_rates([req_id])
+        return float(first[0]), float(later[0])
 
     def batch_rates(self, req_ids) -> tuple[np.ndarray, np.ndarray]:
         """``rates`` of each request, as two arrays (the pooled priors computed once)."""
@@ -228,6 +227,11 @@ class AcceptanceTracker:
 
     def forget(self, req_id) -> None:
         self._acc.pop(req_id, None)
+
+
+def chain_gains(first, later, k):
+    """Expected accepted tokens of a chain of k draft tokens, per request: f (1 + d + ... + d^(k-1))."""
+    return first * np.where(later < 1.0, (1 - later ** k) / np.maximum(1 - later, 1e-12), k)
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -294,7 +298,7 @@ class GoodputController:
         batch = len(req_ids)
         first, later = self.acceptance.batch_rates(req_ids)
         k = np.array([budgets.get(r, 0) for r in req_ids], dtype=float)
-        gains = np.where(later < 1.0, first * (1 - later ** k) / np.maximum(1 - later, 1e-12), first * k)
+        gains = chain_gains(first, later, k)
         drafted = int(k.sum())
         seconds = (self.cost.predict(batch + drafted, speculating=drafted > 0, num_requests=batch) + fixed_seconds
                    + self.propose_seconds * int((k > 0).sum()))
@@ -313,8 +317,7 @@ class GoodputController:
         if a_max <= 0:
             return False
         k = self.max_budget
-        sums = np.where(later < 1.0, (1 - later ** k) / np.maximum(1 - later, 1e-12), float(k))
-        g_total = float((first * sums).sum())
+        g_total = float(chain_gains(first, later, float(k)).sum())
         m_star = g_total / a_max
         for m in {1, max(1, math.floor(m_star)), max(1, math.ceil(m_star))}:
             tokens = batch + min(m * a_max, g_total)
