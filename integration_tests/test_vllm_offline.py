@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from integration_tests.same_distribution import assert_same_token_frequencies
-from specplug.bench.suite import Variant, run_variant
+from specplug.bench.suite import Variant, run_variant, slug
 from specplug.config import SpecplugConfig
 from specplug.proposers import available_methods
 
@@ -165,8 +165,10 @@ def test_tree_verification_sampling_matches_no_speculation_distribution(controll
         assert spec["phases"]["all"]["num_accepted_tokens"] > 0
         plain = [int(m) for m in re.findall(r"(\d+) steps without drafts ran as plain decode steps", log)]
         assert plain and max(plain) > 0, "no step ran as a plain decode step (patch 8 never applied)"
-        sent = [int(row.split("\t")[-1]) for f in (tmp_path / "logs" / "steps").rglob("steps.*.tsv")
-                for row in f.read_text().splitlines()[1:] if int(row.split("\t")[0]) > 0]
+        from specplug.bench import steptrace  # columns by name: the trace has gained columns before
+
+        sent = [int(r["sent_tokens"]) for r in steptrace.read(tmp_path / "logs" / "steps" / slug(label))
+                if r["rows"] > 0]
         with_drafts = sum(1 for x in sent if x > 0)
         print(f"decode steps: {with_drafts} with drafts, {len(sent) - with_drafts} without")
         assert with_drafts >= 1 and len(sent) - with_drafts >= 1, (with_drafts, len(sent))
