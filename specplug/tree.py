@@ -32,6 +32,45 @@ def _as_int32(x, name: str) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+def best_first(parents: list[int], scores: list[float], budget: int) -> list[int]:
+    """Indices (ascending) of at most ``budget`` nodes taken best-first by score (ties: lower
+    index), never a node without its parent. Plain lists: these trees have tens of nodes, where
+    a numpy call per node costs more than the work."""
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        kids.setdefault(p, []).append(i)
+    heap = [(-scores[c], c) for c in kids.get(-1, ())]
+    heapq.heapify(heap)
+    kept: list[int] = []
+    while heap and len(kept) < budget:
+        _, node = heapq.heappop(heap)
+        kept.append(node)
+        for c in kids.get(node, ()):
+            heapq.heappush(heap, (-scores[c], c))
+    kept.sort()
+    return kept
+
+
+def best_scored_path(parents: list[int], scores: list[float], nodes=None) -> list[int]:
+    """Node indices (root's child first) of the path to the node with the largest sum of scores
+    along it (ties: the deeper, then the lower index), over ``nodes`` (ascending and closed under
+    parents; default every node)."""
+    acc: dict[int, float] = {}
+    depth: dict[int, int] = {}
+    best = -1
+    for i in range(len(parents)) if nodes is None else nodes:
+        p = parents[i]
+        acc[i] = scores[i] + (acc[p] if p >= 0 else 0.0)
+        depth[i] = depth[p] + 1 if p >= 0 else 1
+        if best < 0 or (acc[i], depth[i]) > (acc[best], depth[best]):
+            best = i
+    path = []
+    while best >= 0:
+        path.append(best)
+        best = parents[best]
+    return path[::-1]
+
+
 @dataclass(eq=False)
 class DraftTree:
     """A draft token tree below a root token.
@@ -285,15 +324,7 @@ class DraftTree:
         if self.scores is None:
             order = np.lexsort((np.arange(self.num_nodes), self.depths()))
             return self.subtree(np.sort(order[:budget]))
-        heap = [(-float(self.scores[c]), int(c)) for c in self.children(-1)]
-        heapq.heapify(heap)
-        kept: list[int] = []
-        while heap and len(kept) < budget:
-            _, node = heapq.heappop(heap)
-            kept.append(node)
-            for c in self.children(node):
-                heapq.heappush(heap, (-float(self.scores[c]), int(c)))
-        return self.subtree(kept)
+        return self.subtree(best_first(self.parents.tolist(), self.scores.tolist(), budget))
 
     def best_path(self) -> list[int]:
         """Node indices of the single best path.
@@ -310,14 +341,7 @@ class DraftTree:
         if self.scores is None:
             d = self.depths()
             return self.path_to(int(np.argmax(d)))
-        d = self.depths()
-        acc = self.scores.astype(np.float64)
-        for level in range(2, int(d.max()) + 1):  # parents' sums are final one level up
-            at = np.flatnonzero(d == level)
-            acc[at] += acc[self.parents[at]]
-        # max sum, then deeper, then lower index (lexsort: last key is primary)
-        best = int(np.lexsort((np.arange(self.num_nodes), -d, -acc))[0])
-        return self.path_to(best)
+        return best_scored_path(self.parents.tolist(), self.scores.tolist())
 
     def lead_path(self) -> list[int]:
         """The path an engine should lay out first (``lead_path_first``): the best path, or for a

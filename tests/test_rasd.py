@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from specplug.config import SpecplugConfig, SpecplugConfigError
 from specplug.proposers.base import Budget, ReqState
-from specplug.proposers.rasd import (CorpusIndex, RasdOptions, RasdProposer, context_candidates, prune_retrieval,
-                                     retrieval_chain, retrieval_tree)
+from specplug.proposers.rasd import (CorpusIndex, RasdOptions, RasdProposer, context_candidates, fused_draft,
+                                     prune_retrieval, retrieval_tree)
+from specplug.tree import DraftTree
 from tests.tree_strategies import random_tree
 
 
@@ -37,14 +38,28 @@ def test_context_retrieval_matches_brute_force(ctx, min_n, extra):
     assert got == want
 
 
-@given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), max_size=12), st.integers(1, 20))
-@settings(max_examples=200, deadline=None)
-def test_chain_fast_path_equals_pruned_tree_best_path(cands, cap):
-    want = retrieval_tree(cands).prune(cap).chain_of_best()
-    got = retrieval_chain(cands, cap)
-    assert got.tokens.tolist() == want.tokens.tolist()
+def composed(drafter, cands, cap, top_k, thr, chain):
+    """What fused_draft computes, written as the paper's steps on DraftTrees."""
+    ret = prune_retrieval(retrieval_tree(cands), drafter, top_k, thr)
+    tree = (drafter.merge(ret) if drafter is not None and drafter.num_nodes else ret).prune(cap)
+    return tree.chain_of_best() if chain and tree.num_nodes else tree
+
+
+@given(st.integers(0, 2**31), st.integers(0, 20), st.integers(1, 3), st.sampled_from([0.0, 0.3]),
+       st.sampled_from(["none", "empty", "scored", "unscored"]), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_fused_draft_equals_the_composed_steps(seed, cap, top_k, thr, drafter_kind, chain):
+    rng = np.random.default_rng(seed)
+    cands = [rng.integers(0, 4, size=int(rng.integers(1, 6))).tolist() for _ in range(int(rng.integers(0, 10)))]
+    drafter = {"none": None, "empty": DraftTree.empty(),
+               "scored": random_tree(rng, int(rng.integers(1, 10)), 4, with_scores=True),
+               "unscored": random_tree(rng, int(rng.integers(1, 10)), 4, with_scores=False)}[drafter_kind]
+    want = composed(drafter, cands, cap, top_k, thr, chain)
+    got = fused_draft(drafter, cands, cap, top_k, thr, chain)
+    assert got.tokens.tolist() == want.tokens.tolist() and got.parents.tolist() == want.parents.tolist()
     if want.num_nodes:
         assert got.scores.tolist() == want.scores.tolist()
+    got.validate(distinct_siblings=True)
 
 
 @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=6), max_size=12))

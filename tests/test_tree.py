@@ -115,6 +115,27 @@ def test_best_path_maximises_cumulative_score(tree):
     assert tree.chain_tokens() == [int(tree.tokens[i]) for i in best]
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(1, 24))
+@settings(max_examples=200, deadline=None)
+def test_best_path_and_prune_break_ties_as_documented(seed, budget):
+    """Scores from {0, 0.25, 0.5}: many ties. best_path: largest sum, then deeper, then lower index;
+    prune: best-first by score, then lower index."""
+    rng = np.random.default_rng(seed)
+    t = random_tree(rng, int(rng.integers(1, 24)), 4)
+    t = DraftTree(t.tokens, t.parents, scores=rng.choice([0.0, 0.25, 0.5], size=t.num_nodes))
+    key = lambda i: (sum(float(t.scores[j]) for j in t.path_to(i)), len(t.path_to(i)), -i)  # noqa: E731
+    assert t.best_path() == t.path_to(max(range(t.num_nodes), key=key))
+    frontier, kept = {int(c) for c in t.children(-1)}, []
+    while frontier and len(kept) < budget:
+        best = max(frontier, key=lambda c: (t.scores[c], -c))
+        frontier.remove(best)
+        kept.append(best)
+        frontier |= {int(c) for c in t.children(best)}
+    pruned = t.prune(budget)
+    want = t.subtree(kept)
+    assert pruned.tokens.tolist() == want.tokens.tolist() and pruned.parents.tolist() == want.parents.tolist()
+
+
 @given(st.one_of(trees(), trees(with_scores=True)))
 @settings(max_examples=150, deadline=None)
 def test_lead_path_first_puts_the_best_path_of_a_deterministic_tree_first(tree):

@@ -16,7 +16,6 @@ tokens (sample-and-match), so pruning choices never affect exactness.
 
 from __future__ import annotations
 
-import heapq
 import json
 from pathlib import Path
 from typing import Literal
@@ -25,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
-from specplug.tree import DraftTree
+from specplug.tree import DraftTree, best_first, best_scored_path
 
 
 class RasdOptions(ProposerOptions):
@@ -135,77 +134,29 @@ def load_corpus(path: str, tokenizer: str | None) -> list[list[int]]:
 
 
 # ---------------------------------------------------------------------- trees
-def retrieval_tree(cands: list[list[int]]) -> DraftTree:
-    """Trie of candidates; a node's score = fraction of candidates passing through it."""
+def candidate_trie(cands: list[list[int]]) -> tuple[list[int], list[int], list[float]]:
+    """The candidates merged into a trie (tokens, parents, in order of first appearance); a node's
+    score is the fraction of candidates passing through it (float32, as scores are stored)."""
     tokens, parents, counts = [], [], []
-    children: dict[tuple[int, int], int] = {}
+    index: dict[tuple[int, int], int] = {}
     for c in cands:
         node = -1
         for t in c:
-            key = (node, int(t))
-            if key not in children:
-                children[key] = len(tokens)
-                tokens.append(int(t))
-                parents.append(node)
-                counts.append(0)
-            node = children[key]
-            counts[node] += 1
-    total = max(len(cands), 1)
-    return DraftTree(np.asarray(tokens, np.int64), np.asarray(parents, np.int64),
-                     scores=np.asarray(counts, np.float32) / total)
-
-
-def retrieval_chain(cands: list[list[int]], cap: int) -> DraftTree:
-    """``retrieval_tree(cands).prune(cap).chain_of_best()`` on plain lists: where the engine
-    verifies chains, this runs for every drafting request in every step, and the three
-    intermediate trees cost more than the retrieval itself."""
-    tokens, parents, counts = [], [], []
-    children: dict[tuple[int, int], int] = {}
-    for c in cands:
-        node = -1
-        for t in c:
-            key = (node, int(t))
-            nxt = children.get(key)
+            nxt = index.get((node, t))
             if nxt is None:
-                nxt = children[key] = len(tokens)
-                tokens.append(int(t))
+                nxt = index[(node, t)] = len(tokens)
+                tokens.append(t)
                 parents.append(node)
                 counts.append(0)
             counts[nxt] += 1
             node = nxt
-    if not tokens:
-        return DraftTree.empty()
-    scores = (np.asarray(counts, np.float32) / max(len(cands), 1)).tolist()  # float32, as retrieval_tree
-    kids: dict[int, list[int]] = {}
-    for i, p in enumerate(parents):
-        kids.setdefault(p, []).append(i)
-    # prune: best-first by (score, index), parents first
-    if len(tokens) <= cap:
-        kept = list(range(len(tokens)))
-    else:
-        heap = [(-scores[c], c) for c in kids[-1]]
-        heapq.heapify(heap)
-        kept = []
-        while heap and len(kept) < cap:
-            _, i = heapq.heappop(heap)
-            kept.append(i)
-            for c in kids.get(i, ()):
-                heapq.heappush(heap, (-scores[c], c))
-        kept.sort()
-    # best path: the largest sum of scores, then the deeper node, then the lower index
-    acc, depth, best = {}, {}, None
-    for i in kept:
-        p = parents[i]
-        acc[i] = scores[i] + (acc[p] if p >= 0 else 0.0)
-        depth[i] = depth[p] + 1 if p >= 0 else 1
-        if best is None or (acc[i], depth[i]) > (acc[best], depth[best]):
-            best = i
-    path = []
-    while best >= 0:
-        path.append(best)
-        best = parents[best]
-    path.reverse()
-    return DraftTree.chain([tokens[i] for i in path], scores=np.asarray([scores[i] for i in path], np.float32))
+    return tokens, parents, (np.asarray(counts, np.float32) / max(len(cands), 1)).tolist()
+
+
+def retrieval_tree(cands: list[list[int]]) -> DraftTree:
+    """The candidate trie as a DraftTree."""
+    tokens, parents, scores = candidate_trie(cands)
+    return DraftTree(np.asarray(tokens, np.int64), np.asarray(parents, np.int64), scores=np.asarray(scores, np.float32))
 
 
 def prune_retrieval(ret: DraftTree, drafter: DraftTree | None, top_k: int, threshold: float) -> DraftTree:
@@ -224,6 +175,62 @@ def prune_retrieval(ret: DraftTree, drafter: DraftTree | None, top_k: int, thres
     else:
         keep = [i for i in range(ret.num_nodes) if ret.scores[i] >= threshold]  # scores fall along paths
     return ret.subtree(keep)
+
+
+def fused_draft(drafter: DraftTree | None, cands: list[list[int]], cap: int, top_k: int, threshold: float,
+                chain: bool) -> DraftTree:
+    """``prune_retrieval(retrieval_tree(cands), drafter, ...)``, merged into ``drafter``
+    (``DraftTree.merge``), pruned to ``cap`` nodes and, if ``chain``, cut to its best path: the same
+    tree, built in one pass on plain lists. This runs for every drafting request in every engine
+    step, and the five intermediate DraftTrees cost more than the retrieval itself
+    (tests/test_rasd.py checks it against that composition)."""
+    r_tok, r_par, r_score = candidate_trie(cands)
+    use_drafter = drafter is not None and drafter.num_nodes > 0
+    # prune_retrieval: whole root branches by the drafter's top-k roots, or nodes by frequency
+    if use_drafter:
+        d_tok, d_par = drafter.tokens.tolist(), drafter.parents.tolist()
+        d_score = drafter.scores.tolist() if drafter.scores is not None else [0.0] * len(d_tok)  # merge's zeros
+        rank = drafter.scores.tolist() if drafter.scores is not None else [1.0] * len(d_tok)
+        roots = sorted((i for i, p in enumerate(d_par) if p < 0), key=lambda i: (-rank[i], i))
+        top = {d_tok[i] for i in roots[:top_k]}
+        keep = []
+        for j, p in enumerate(r_par):
+            if p < 0:
+                keep.append(r_tok[j] in top or (threshold > 0 and r_score[j] >= threshold))
+            else:
+                keep.append(keep[p])
+    else:
+        d_tok, d_par, d_score = [], [], []
+        keep = [s >= threshold for s in r_score]  # scores fall along paths: parents kept first
+    # DraftTree.merge: retrieval nodes matched to the drafter's by (parent, token), else grafted
+    tokens, parents, scores = d_tok, d_par, d_score
+    at = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))}
+    remap = [-1] * len(r_tok)
+    for j, t in enumerate(r_tok):
+        if not keep[j]:
+            continue
+        key = (remap[r_par[j]] if r_par[j] >= 0 else -1, t)
+        i = at.get(key)
+        if i is None:
+            i = at[key] = len(tokens)
+            tokens.append(t)
+            parents.append(key[0])
+            scores.append(r_score[j])
+        elif r_score[j] > scores[i]:
+            scores[i] = r_score[j]
+        remap[j] = i
+    n = len(tokens)
+    if n == 0:
+        return DraftTree.empty()
+    kept = range(n) if n <= cap else best_first(parents, scores, cap)  # DraftTree.prune
+    if chain:  # DraftTree.chain_of_best
+        path = best_scored_path(parents, scores, kept)
+        return DraftTree.chain([tokens[i] for i in path], scores=np.asarray([scores[i] for i in path], np.float32))
+    new = {old: k for k, old in enumerate(kept)}
+    return DraftTree._derived(np.asarray([tokens[i] for i in kept], np.int64),
+                              np.asarray([new[parents[i]] if parents[i] >= 0 else -1 for i in kept], np.int64),
+                              draft_probs=None, deterministic=True,
+                              scores=np.asarray([scores[i] for i in kept], np.float32))
 
 
 class RasdProposer(Proposer):
@@ -267,13 +274,5 @@ class RasdProposer(Proposer):
             cands = context_candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, max_len)
             if self.corpus is not None:
                 cands += self.corpus.candidates(ctx, o.min_ngram, o.max_ngram, o.max_candidates, max_len)
-            if d is None and not b.tree and o.prune_threshold <= 0:
-                out.append(retrieval_chain(cands, cap))
-                continue
-            ret = prune_retrieval(retrieval_tree(cands), d, o.prune_top_k, o.prune_threshold)
-            fused = d.merge(ret) if d is not None and d.num_nodes else ret
-            tree = fused.prune(cap)
-            if not b.tree and tree.num_nodes:
-                tree = tree.chain_of_best()
-            out.append(tree)
+            out.append(fused_draft(d, cands, cap, o.prune_top_k, o.prune_threshold, chain=not b.tree))
         return out
