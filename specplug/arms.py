@@ -53,6 +53,8 @@ class MeasuredArms:
     _tokens: int = 0
     _seconds: float = 0.0
     switches: int = 0
+    probes: int = 0  # probes run
+    declined: int = 0  # probes due but declined (skip_probe)
 
     def __post_init__(self):
         self._gap = self.first_gap
@@ -74,11 +76,13 @@ class MeasuredArms:
         return incumbent is not None and self._tokens / self._seconds < (1 - self.abort_margin) * incumbent
 
     def start_probe(self) -> None:
+        self.probes += 1
         self.probe_due, self._probing = False, True
         self._switch(self._other())
 
     def skip_probe(self) -> None:
         """A due probe not run: as if it had lost."""
+        self.declined += 1
         self.probe_due = False
         self._back_off()
 
