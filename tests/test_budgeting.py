@@ -24,7 +24,7 @@ def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, see
              enabled: bool = True, alpha_after: dict | None = None, switch_at: int | None = None,
              spec_overhead: float = 0.0, draft_seconds: float = 1e-4, trace=None,
              spec_warmup: tuple[int, float] = (0, 0.0), explore_every: int = 64, carry: float = 0.0,
-             cold_draft_seconds: float | None = None, natural_len: int | None = None, **planner_kwargs):
+             cold_draft_seconds: float | None = None, **planner_kwargs):
     """Run the planner against a simulated engine; returns (planner, tokens per second, budgets log).
     ``alphas``: per request the acceptance of each draft token, or (first token, later tokens).
     Step time: a + b * tokens, plus spec_overhead when any drafts are verified, plus
@@ -32,8 +32,7 @@ def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, see
     drafting costs draft_seconds per request that drafts (sent or shadow); ``carry``: what a step
     that verified drafts adds to the next step's measured time (its output processing runs after
     the proposer returned, as in vLLM); ``cold_draft_seconds``: what a request that did not draft
-    the step before costs instead (it catches up first); ``natural_len``: the proposer drafts at
-    most this many tokens whatever its budget (model-free proposers draft what they find)."""
+    the step before costs instead (it catches up first)."""
     rng = np.random.default_rng(seed)
     clock = FakeClock()
     p = BudgetPlanner(k, enabled=enabled, clock=clock, trace=trace, explore_every=explore_every, **planner_kwargs)
@@ -78,10 +77,9 @@ def simulate(a: float, b: float, alphas: dict, steps: int = 300, k: int = 8, see
         clock.t += draft_seconds * (len(drafting) - cold) + (cold_draft_seconds or 0.0) * cold
         drafted_before = set(drafting)
         for r in alphas:
-            length = min(max(plan[r], 1), natural_len or max(plan[r], 1))
             if r in drafting:
-                p.drafted(r, [7] * length, sent=plan[r] > 0, budget=max(plan[r], 1))
-            sent[r] = length if plan[r] > 0 else 0
+                p.drafted(r, [7] * max(plan[r], 1), sent=plan[r] > 0)
+            sent[r] = plan[r]
         p.step_finished(len(drafting))
     return p, total_tokens / clock.t, log
 

@@ -97,11 +97,6 @@ class Proposer(ABC):
         """The engine adapter names the target model (``specplug.proposers.drafters.TargetInfo``)
         before the first request; proposers with a drafter refuse one that does not fit it."""
 
-    # Whether drafting costs about the same whatever the budget (lookups: suffix, recycling,
-    # rasd). The vLLM adapter then shadow-drafts a request kept off at its full budget and checks
-    # the draft's first token: the first token of a one-token draft is another token (rasd's most
-    # frequent continuation, not the first of its best path), accepted less often.
-    budget_free_drafting: ClassVar[bool] = False
     # Whether this proposer drafts against the target's own keys and values (bind_target_kv)
     # with the target's own weights (bind_target_model).
     reads_target_kv: ClassVar[bool] = False

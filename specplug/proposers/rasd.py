@@ -235,7 +235,6 @@ def fused_draft(drafter: DraftTree | None, cands: list[list[int]], cap: int, top
 
 class RasdProposer(Proposer):
     name = "rasd"
-    budget_free_drafting = True
     Options = RasdOptions
 
     def __init__(self, options: RasdOptions, num_speculative_tokens: int):

@@ -72,7 +72,6 @@ class RecyclingOptions(ProposerOptions):
 
 class RecyclingProposer(Proposer):
     name = "recycling"
-    budget_free_drafting = True
     Options = RecyclingOptions
     needs_topk = True
 

@@ -71,7 +71,6 @@ class _Request:
 
 class SuffixProposer(Proposer):
     name = "suffix"
-    budget_free_drafting = True
     Options = SuffixOptions
 
     def __init__(self, options: SuffixOptions, num_speculative_tokens: int):

@@ -164,9 +164,9 @@ class SpecplugProposer:
         """A tree when this step's tree patches will verify it; for a plain-temperature sampling
         request its temperature too (TreeAcceptance verifies a stochastic tree by recursive
         rejection, so a proposer may sample its drafts)."""
-        mode = tree_mode(req_id, self._input_batch, self._requests) if self.config.tree else None
+        mode = tree_mode(req_id, self._input_batch, self._requests) if self.config.tree and size > 0 else None
         if mode != "sample":
-            return Budget(size, tree=mode is not None)
+            return Budget(max(size, 1), tree=mode is not None)
         return Budget(size, tree=True, temperature=float(self._requests[req_id].sampling_params.temperature))
 
     def _propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu):
@@ -213,21 +213,17 @@ class SpecplugProposer:
             planner.step_finished(0)
             return out
         plan = planner.budgets(ids)
-        # budget 0: send nothing, but now and then draft an unsent shadow draft whose first token
-        # is checked (specplug/budgeting.py): a full one where drafting costs the same at any budget
+        # budget 0: draft nothing, except now and then one unsent shadow token (specplug/budgeting.py)
         sizes = [min(cap, plan[rid]) for rid, cap in zip(ids, caps)]
         keep = [i for i, (rid, size) in enumerate(zip(ids, sizes)) if size > 0 or planner.shadow(rid)]
         if not keep:
             planner.step_finished(0)
             return out
-        full_shadow = proposer.budget_free_drafting
         rows, sizes = [rows[i] for i in keep], [sizes[i] for i in keep]
-        shadow_sizes = [caps[i] if full_shadow else 1 for i in keep]
         # what a proposer reads at draft time, built only for the requests that draft
         batch = [ReqState(req_ids[row], np.asarray(token_ids_cpu[row, : num_tokens[row]]), num_prompt[row])
                  for row in rows]
-        budgets = [self._budget(r.req_id, size) if size > 0 else Budget(shadow, tree=False)
-                   for r, size, shadow in zip(batch, sizes, shadow_sizes)]
+        budgets = [self._budget(r.req_id, size) for r, size in zip(batch, sizes)]
         self.planner.propose_started()
         try:
             trees = self.proposer.propose(batch, budgets)
@@ -247,11 +243,11 @@ class SpecplugProposer:
                 tree = tree.lead_path_first()
                 out[row] = [int(t) for t in tree.tokens]
                 self.pending_trees[req.req_id] = tree
-                self.planner.drafted(req.req_id, out[row], sent=True, budget=b.max_nodes)
+                self.planner.drafted(req.req_id, out[row], sent=True)
                 continue
             tokens = [int(t) for t in tree.chain_tokens()[: b.max_nodes]]
             if size > 0:
                 out[row] = tokens
-            self.planner.drafted(req.req_id, tokens, sent=size > 0, budget=b.max_nodes)
+            self.planner.drafted(req.req_id, tokens, sent=size > 0)
         self.planner.step_finished(len(batch))
         return out
