@@ -295,7 +295,7 @@ class BudgetPlanner:
                 f"{self._acceptance_summary()}" + self._arms_summary())
 
     def _acceptance_summary(self) -> str:
-        ids = list(self.controller.acceptance._acc)
+        ids = self.controller.acceptance.tracked()
         if not ids:
             return "-"
         first, later = self.controller.acceptance.batch_rates(ids)

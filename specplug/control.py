@@ -228,6 +228,10 @@ class AcceptanceTracker:
     def forget(self, req_id) -> None:
         self._acc.pop(req_id, None)
 
+    def tracked(self) -> list:
+        """The requests with an acceptance record."""
+        return list(self._acc)
+
 
 def chain_gains(first, later, k):
     """Expected accepted tokens of a chain of k draft tokens, per request: f (1 + d + ... + d^(k-1))."""

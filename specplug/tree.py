@@ -71,6 +71,34 @@ def best_scored_path(parents: list[int], scores: list[float], nodes=None) -> lis
     return path[::-1]
 
 
+def graft_into(tokens: list[int], parents: list[int], scores: list[float] | None,
+               other_tokens: list[int], other_parents: list[int], other_scores: list[float] | None,
+               drop=None) -> None:
+    """Merge the other tree's nodes into (tokens, parents, scores), in place, by longest-prefix
+    matching: a node matching an existing child (same token under the matched parent) keeps the
+    larger score, else it is grafted as a new branch. ``drop[j]`` true drops node j, and a node
+    whose parent was dropped goes too. ``scores`` None: the merged tree has no scores (the other
+    tree's are ignored); ``other_scores`` None counts as zeros."""
+    at = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))}
+    remap = [-1] * len(other_tokens)
+    for j, t in enumerate(other_tokens):
+        p = other_parents[j]
+        if (drop is not None and drop[j]) or (p >= 0 and remap[p] < 0):
+            continue
+        key = (remap[p] if p >= 0 else -1, t)
+        s = 0.0 if other_scores is None else other_scores[j]
+        i = at.get(key)
+        if i is None:
+            i = at[key] = len(tokens)
+            tokens.append(t)
+            parents.append(key[0])
+            if scores is not None:
+                scores.append(s)
+        elif scores is not None and s > scores[i]:
+            scores[i] = s
+        remap[j] = i
+
+
 @dataclass(eq=False)
 class DraftTree:
     """A draft token tree below a root token.
@@ -423,36 +451,15 @@ class DraftTree:
         """
         if not (self.deterministic and other.deterministic):
             raise ValueError("merge is defined for deterministic trees only")
-        tokens = [int(t) for t in self.tokens]
-        parents = [int(p) for p in self.parents]
+        tokens, parents = self.tokens.tolist(), self.parents.tolist()
         if self.scores is None and other.scores is None:
             scores = None
         else:
-            s_self = self.scores if self.scores is not None else np.zeros(self.num_nodes, np.float32)
-            scores = [float(s) for s in s_self]
-        index = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens)) if t != PAD_TOKEN}
-        remap = np.full(other.num_nodes, -1, np.int64)
-        for j in range(other.num_nodes):
-            tok = int(other.tokens[j])
-            if tok == PAD_TOKEN:
-                continue
-            p = int(other.parents[j])
-            new_parent = -1 if p < 0 else int(remap[p])
-            if p >= 0 and new_parent < 0:
-                continue  # parent was padding: drop
-            s = 0.0 if other.scores is None else float(other.scores[j])
-            key = (new_parent, tok)
-            if key in index:
-                remap[j] = index[key]
-                if scores is not None:
-                    scores[index[key]] = max(scores[index[key]], s)
-            else:
-                remap[j] = len(tokens)
-                index[key] = len(tokens)
-                tokens.append(tok)
-                parents.append(new_parent)
-                if scores is not None:
-                    scores.append(s)
+            scores = self.scores.tolist() if self.scores is not None else [0.0] * self.num_nodes
+        o_tokens = other.tokens.tolist()
+        graft_into(tokens, parents, scores, o_tokens, other.parents.tolist(),
+                   None if other.scores is None else other.scores.tolist(),
+                   drop=[t == PAD_TOKEN for t in o_tokens])
         keep = [i for i, t in enumerate(tokens) if t != PAD_TOKEN]
         merged = DraftTree(
             np.asarray(tokens, np.int64),

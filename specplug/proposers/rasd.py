@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from specplug.proposers.base import Budget, Proposer, ProposerOptions, ReqState, VerifyInfo
-from specplug.tree import DraftTree, best_first, best_scored_path
+from specplug.tree import DraftTree, best_first, best_scored_path, graft_into
 
 
 class RasdOptions(ProposerOptions):
@@ -188,11 +188,12 @@ def fused_draft(drafter: DraftTree | None, cands: list[list[int]], cap: int, top
     use_drafter = drafter is not None and drafter.num_nodes > 0
     # prune_retrieval: whole root branches by the drafter's top-k roots, or nodes by frequency
     if use_drafter:
-        d_tok, d_par = drafter.tokens.tolist(), drafter.parents.tolist()
-        d_score = drafter.scores.tolist() if drafter.scores is not None else [0.0] * len(d_tok)  # merge's zeros
-        rank = drafter.scores.tolist() if drafter.scores is not None else [1.0] * len(d_tok)
-        roots = sorted((i for i, p in enumerate(d_par) if p < 0), key=lambda i: (-rank[i], i))
-        top = {d_tok[i] for i in roots[:top_k]}
+        tokens, parents = drafter.tokens.tolist(), drafter.parents.tolist()
+        given = drafter.scores.tolist() if drafter.scores is not None else None
+        scores = given if given is not None else [0.0] * len(tokens)  # merge counts missing scores as 0
+        rank = given if given is not None else [1.0] * len(tokens)  # and pruning ranks them as equal
+        roots = sorted((i for i, p in enumerate(parents) if p < 0), key=lambda i: (-rank[i], i))
+        top = {tokens[i] for i in roots[:top_k]}
         keep = []
         for j, p in enumerate(r_par):
             if p < 0:
@@ -200,25 +201,10 @@ def fused_draft(drafter: DraftTree | None, cands: list[list[int]], cap: int, top
             else:
                 keep.append(keep[p])
     else:
-        d_tok, d_par, d_score = [], [], []
+        tokens, parents, scores = [], [], []
         keep = [s >= threshold for s in r_score]  # scores fall along paths: parents kept first
     # DraftTree.merge: retrieval nodes matched to the drafter's by (parent, token), else grafted
-    tokens, parents, scores = d_tok, d_par, d_score
-    at = {(p, t): i for i, (p, t) in enumerate(zip(parents, tokens))}
-    remap = [-1] * len(r_tok)
-    for j, t in enumerate(r_tok):
-        if not keep[j]:
-            continue
-        key = (remap[r_par[j]] if r_par[j] >= 0 else -1, t)
-        i = at.get(key)
-        if i is None:
-            i = at[key] = len(tokens)
-            tokens.append(t)
-            parents.append(key[0])
-            scores.append(r_score[j])
-        elif r_score[j] > scores[i]:
-            scores[i] = r_score[j]
-        remap[j] = i
+    graft_into(tokens, parents, scores, r_tok, r_par, r_score, drop=[not k for k in keep])
     n = len(tokens)
     if n == 0:
         return DraftTree.empty()
