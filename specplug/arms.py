@@ -55,6 +55,7 @@ class MeasuredArms:
     switches: int = 0
     probes: int = 0  # probes run
     declined: int = 0  # probes due but declined (skip_probe)
+    screened: float | None = None  # the other policy's predicted rate over this one's, at the last due probe
 
     def __post_init__(self):
         self._gap = self.first_gap

