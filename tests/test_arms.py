@@ -140,3 +140,35 @@ def test_a_window_of_fast_steps_lasts_long_enough_to_measure():
     for _ in range(102):
         arms.step(1, 0.001)
     assert abs(arms.rates["model"] - 1000.0) < 1e-6 and arms._step == 0
+
+
+def test_the_screen_prices_full_budgets_at_what_the_proposer_sends():
+    """Lookup proposers (suffix, rasd) send ~4 tokens per request at a budget of 16. Charged for
+    16, full budgets looked ~0.6x of the plan and their probe was declined, where they measured
+    ~1.2x; priced at the tokens sent with a full budget, the probe runs."""
+    from specplug.budgeting import BudgetPlanner
+
+    t = [0.0]
+    p = BudgetPlanner(16, clock=lambda: t[0])
+    ids = [f"r{i}" for i in range(16)]
+    c = p.controller
+    for i in range(300):  # a step: 3.5 ms + 0.05 ms per token, no fixed cost for drafts
+        n = 16 + (i % 7) * 12
+        c.observe_step(n, 0.0035 + 5e-5 * n, i % 7 > 0, 16)
+    c.observe_propose_time(1e-4)
+    for r in ids:
+        for _ in range(20):
+            c.observe_request(r, 4, 2)  # first token accepted, then 80%: runs of two or three
+    p.budgets(ids)
+    p._planned = {r: 16 for r in ids}  # every request was given a full budget ...
+    for _ in range(400):
+        for r in ids:
+            p.drafted(r, [7] * 4, sent=True)  # ... and sent 4 tokens
+    assert abs(p.full_yield - 4.0) < 1e-9
+    p._probe_or_skip(ids)
+    priced_at_yield, probes = p.arms.screened, p.arms.probes
+    p.full_yield = None  # the budget charged, as before
+    p._arms.clear()
+    p._probe_or_skip(ids)
+    assert p.arms.screened < p.probe_screen <= priced_at_yield, (p.arms.screened, priced_at_yield)
+    assert probes == 1 and p.arms.declined == 1
