@@ -95,11 +95,10 @@ def warm_token_counts(llm, n: int, limit: int) -> None:
     scripts/first_use_cost.py), and verify steps bring hundreds of counts that decode steps never
     do. A server pays that once after it starts; a benchmark round would pay it inside its
     measurement."""
-    from vllm import SamplingParams
-
     if n <= 0:
         return
     import numpy as np
+    from vllm import SamplingParams
 
     vocab = int(llm.llm_engine.model_config.get_vocab_size())
     rng = np.random.default_rng(0)

@@ -194,17 +194,15 @@ def fused_draft(drafter: DraftTree | None, cands: list[list[int]], cap: int, top
         rank = given if given is not None else [1.0] * len(tokens)  # and pruning ranks them as equal
         roots = sorted((i for i, p in enumerate(parents) if p < 0), key=lambda i: (-rank[i], i))
         top = {tokens[i] for i in roots[:top_k]}
-        keep = []
-        for j, p in enumerate(r_par):
-            if p < 0:
-                keep.append(r_tok[j] in top or (threshold > 0 and r_score[j] >= threshold))
-            else:
-                keep.append(keep[p])
+        # a root branch goes unless it starts with a top-k token or enough candidates agree on it
+        # (its nodes go with it: graft_into drops a node whose parent was dropped)
+        drop = [p < 0 and not (r_tok[j] in top or (threshold > 0 and r_score[j] >= threshold))
+                for j, p in enumerate(r_par)]
     else:
         tokens, parents, scores = [], [], []
-        keep = [s >= threshold for s in r_score]  # scores fall along paths: parents kept first
+        drop = [s < threshold for s in r_score]  # scores fall along paths
     # DraftTree.merge: retrieval nodes matched to the drafter's by (parent, token), else grafted
-    graft_into(tokens, parents, scores, r_tok, r_par, r_score, drop=[not k for k in keep])
+    graft_into(tokens, parents, scores, r_tok, r_par, r_score, drop=drop)
     n = len(tokens)
     if n == 0:
         return DraftTree.empty()
