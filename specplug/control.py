@@ -261,6 +261,7 @@ class GoodputController:
     propose_seconds: float = 0.0
     cold_propose_seconds: float = 0.0
     min_alpha: float = 0.0  # never draft for requests below this acceptance (0: let the model decide)
+    planned_rate: float = 0.0  # the last plan's predicted tokens per second (= predicted_rate of it)
     _warm_seen: bool = False
     _cold_seen: bool = False
 
@@ -275,6 +276,7 @@ class GoodputController:
             return {}
         first, later = self.acceptance.batch_rates(req_ids)
         base_rate = batch / (self.cost.predict(batch, speculating=False, num_requests=batch) + fixed_seconds)
+        self.planned_rate = base_rate  # until a plan that drafts beats it
         # every candidate draft token: request i's j-th token is worth f_i d_i^(j-1) expected tokens
         cand = np.flatnonzero(first >= self.min_alpha) if self.min_alpha > 0 else np.arange(batch)
         if cand.size == 0 or self.max_budget <= 0:
@@ -294,6 +296,7 @@ class GoodputController:
                           + self.propose_seconds * drafting)
         best = int(np.argmax(rates))
         best_m = best + 1 if rates[best] > base_rate else 0
+        self.planned_rate = max(base_rate, float(rates[best]))
         budgets = np.bincount(owner[:best_m], minlength=batch)
         return {r: int(budgets[i]) for i, r in enumerate(req_ids)}
 

@@ -165,10 +165,65 @@ def test_the_screen_prices_full_budgets_at_what_the_proposer_sends():
         for r in ids:
             p.drafted(r, [7] * 4, sent=True)  # ... and sent 4 tokens
     assert abs(p.full_yield - 4.0) < 1e-9
+    p.arms.probe_due = True
     p._probe_or_skip(ids)
     priced_at_yield, probes = p.arms.screened, p.arms.probes
     p.full_yield = None  # the budget charged, as before
     p._arms.clear()
+    p.arms.probe_due = True
     p._probe_or_skip(ids)
     assert p.arms.screened < p.probe_screen <= priced_at_yield, (p.arms.screened, priced_at_yield)
     assert probes == 1 and p.arms.declined == 1
+
+
+def test_the_model_is_calibrated_by_what_its_predictions_measured():
+    arms = MeasuredArms(window=10, settle=2, min_seconds=0.0)
+    for _ in range(10):
+        arms.predicted(200.0)  # the model expects 200 tokens/s ...
+        arms.step(1, 0.01)  # ... and the steps serve 100
+    assert abs(arms.calibration["model"] - 0.5) < 1e-9 and arms.calibration["full"] is None
+    assert abs(arms.calibrated("model", 300.0) - 150.0) < 1e-9 and arms.calibrated("full", 300.0) == 300.0
+
+
+def _screened_planner(t):
+    """A planner whose model predicts full budgets close to its plan (the screen lets probes run)."""
+    from specplug.budgeting import BudgetPlanner
+
+    p = BudgetPlanner(16, clock=lambda: t[0])
+    c = p.controller
+    for i in range(300):
+        n = 16 + (i % 7) * 12
+        c.observe_step(n, 0.0035 + 5e-5 * n, i % 7 > 0, 16)
+    c.observe_propose_time(1e-4)
+    p.full_yield = 4.0
+    return p
+
+
+def _run_steps(p, t, n: int, steps: int) -> None:
+    ids = [f"r{i}" for i in range(n)]
+    for _ in range(steps):
+        t[0] += 0.01
+        p.step_started(n, has_new_requests=False, num_requests=n)
+        for r in ids:
+            p.committed(r, [1])
+        p.budgets(ids)
+        p.step_finished(0)
+
+
+def test_the_first_probe_comes_early_where_full_budgets_won_in_another_class():
+    """Which policy wins changes slowly with the batch size: where full budgets run in another
+    class, a new class probes them after two windows instead of eight (windows of 30 steps)."""
+    from specplug.arms import MeasuredArms
+
+    t = [0.0]
+    early = _screened_planner(t)
+    early._arms[4] = MeasuredArms(policy="full")  # full budgets won at batch size 4
+    _run_steps(early, t, 16, 3 * 30 + 5)
+    assert early._arms[16].probes == 1  # after the second window
+
+    t2 = [0.0]
+    alone = _screened_planner(t2)
+    _run_steps(alone, t2, 16, 3 * 30 + 5)
+    assert alone._arms[16].probes == 0  # no other class: the regular first probe, later
+    _run_steps(alone, t2, 16, 6 * 30)
+    assert alone._arms[16].probes == 1
