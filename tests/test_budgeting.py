@@ -225,6 +225,19 @@ def test_exploring_with_drafts_costs_little_when_speculation_never_pays():
     assert sum(1 for pl in log[-500:] if any(pl.values())) <= 2 * (500 // 64 + 1)  # two steps per exploration
 
 
+@pytest.mark.xfail(strict=True, reason="known gap (closing note of 2026-12-03): staying ready costs 4.4% here")
+def test_staying_ready_costs_little_where_dear_drafts_never_pay():
+    """Drafting dear (0.13 ms per request, 3.7% of a step) and never worth it (first token 30%):
+    the controller serves 0.956x of never drafting. Turned off one at a time: shadow drafts cost
+    1.6% (their cap is 2%), explorations 0.4%, and the plan's drafts in the first steps, before
+    the acceptance estimates fall from their prior, ~2.5%. Each was sized on its own; together
+    they pass 3%. strict: this fails once the gap is closed, so the mark comes off then."""
+    a, b = 0.003, 3e-5
+    _, rate, _ = simulate(a=a, b=b, alphas={f"r{i}": (0.3, 0.7) for i in range(16)}, k=16,
+                          draft_seconds=1.3e-4, steps=3000)
+    assert rate >= 0.97 * 16 / (a + 16 * b)
+
+
 def test_shadow_drafting_of_switched_off_requests_stays_a_small_share_of_the_step():
     """32 requests the controller keeps off, drafting dear relative to the step (0.3 ms per
     request, ~8 ms steps): a fixed shadow period of 8 spends 4 * 0.3 = 1.2 ms (15%) of every step
