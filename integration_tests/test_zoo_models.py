@@ -105,7 +105,8 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
         d["swift"] = dict(d["swift"], cache_file=str(tmp_path / "skip-sets.json"), context_window=16)
     cfg = SpecplugConfig.from_dict(d)
     # swift: every read of vLLM's paged KV is checked against a recomputation (not only the first)
-    env = {"SPECPLUG_CHECK_TARGET_KV": "1"} if d["method"] == "swift" else {}
+    # and every lean draft step against the same step through vLLM's modules
+    env = {"SPECPLUG_CHECK_TARGET_KV": "1", "SPECPLUG_CHECK_LEAN_DRAFT": "1"} if d["method"] == "swift" else {}
     res = run_variant(Variant(config, cfg.to_vllm(), env=env), _request(str(zoo_model("target")), code_prompts),
                       tmp_path)
     assert res.get("ok"), res.get("error")
@@ -121,6 +122,9 @@ def test_model_based_proposers_are_lossless_in_vllm(config, configs_dir, code_pr
         assert "keys and values read from the engine's KV cache match a recomputation" in log
         assert "differ from a recomputation" not in log
         assert "swift drafts with vLLM's own modules of the served model" in log
+        assert "draft tokens through vLLM's fused CPU kernels" in log
+        assert "swift's lean draft step matches vLLM's modules" in log
+        assert "lean draft step differs" not in log
 
 
 SAMPLED_N, SAMPLED_POSITIONS = 512, 4

@@ -115,7 +115,9 @@ class SpecplugProposer:
                 return
             self.proposer.bind_target_model(decoder)
             logger.info("specplug: %s drafts with vLLM's own modules of the served model (%d layers, %s; no "
-                        "second copy of the weights)", self.config.method, decoder.num_layers, decoder.dtype)
+                        "second copy of the weights; draft tokens %s)", self.config.method, decoder.num_layers,
+                        decoder.dtype, "through vLLM's fused CPU kernels" if decoder.lean is not None else
+                        "through the modules")
 
     def bind_step(self, input_batch, scheduler_output, requests=None, runner=None) -> None:
         if not self._kv_bound and runner is not None and self.proposer.reads_target_kv:
