@@ -27,27 +27,42 @@ def zoo():
 
 
 @pytest.fixture(scope="module")
-def lm(zoo):
-    from specplug.proposers.draft_lm import DraftLM
+def oracle(zoo):
+    """transformers' LlamaForCausalLM on the draft's weights: every path recomputed in full."""
+    from specplug.proposers.draft_lm import _load
 
-    return DraftLM(zoo["draft"])
+    return _load(zoo["draft"])
 
 
-def full_logits(lm, ids) -> torch.Tensor:
+@pytest.fixture(scope="module", params=["lean", "transformers"])
+def lm(zoo, request):
+    from specplug.proposers.draft_lm import LeanDraftLM, TransformersDraftLM
+
+    return (LeanDraftLM if request.param == "lean" else TransformersDraftLM)(zoo["draft"])
+
+
+def test_the_zoo_draft_gets_the_lean_drafter(zoo):
+    from specplug.proposers.draft_lm import LeanDraftLM
+
+    prop = SpecplugConfig(method="dyspec", dyspec={"draft_model": str(zoo["draft"])}).build_proposer()
+    assert isinstance(prop.lm, LeanDraftLM)
+
+
+def full_logits(model, ids) -> torch.Tensor:
     with torch.no_grad():
-        return lm.model(torch.tensor([ids])).logits[0, -1].float()
+        return model(torch.tensor([ids])).logits[0, -1].float()
 
 
-def test_next_logits_reuses_and_crops_the_cache(lm, zoo):
+def test_next_logits_reuses_and_crops_the_cache(lm, oracle, zoo):
     p = zoo["prompts"][0]
     for ids in (p[:20], p[:30], p[:25] + [7, 8], p[:25] + [7, 8, 9], p[:10]):  # grow, diverge, shrink
         got = lm.next_logits("r", ids)
-        torch.testing.assert_close(got, full_logits(lm, ids), atol=2e-4, rtol=1e-4)
-        assert lm._seqs["r"].tokens == ids and lm._seqs["r"].cache.get_seq_length() == len(ids)
+        torch.testing.assert_close(got, full_logits(oracle, ids), atol=2e-4, rtol=1e-4)
+        assert lm.held("r") == (ids, len(ids))
     lm.drop("r")
 
 
-def test_tree_levels_equal_each_path_recomputed(lm, zoo):
+def test_tree_levels_equal_each_path_recomputed(lm, oracle, zoo):
     ctx = zoo["prompts"][1][:30]
     lm.next_logits("t", ctx)
     P = len(ctx)
@@ -55,14 +70,14 @@ def test_tree_levels_equal_each_path_recomputed(lm, zoo):
     l1 = lm.tree_level("t", [11, 12], [P, P], [[], []])
     l2 = lm.tree_level("t", [13, 14, 15], [P + 1] * 3, [[P], [P + 1], [P]])
     for got, path in [(l1[0], [11]), (l1[1], [12]), (l2[0], [11, 13]), (l2[1], [12, 14]), (l2[2], [11, 15])]:
-        torch.testing.assert_close(got, full_logits(lm, ctx + path), atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(got, full_logits(oracle, ctx + path), atol=2e-4, rtol=1e-4)
     lm.end_tree("t")
-    assert lm._seqs["t"].cache.get_seq_length() == P
-    torch.testing.assert_close(lm.next_logits("t", ctx + [5]), full_logits(lm, ctx + [5]), atol=2e-4, rtol=1e-4)
+    assert lm.held("t") == (ctx, P)
+    torch.testing.assert_close(lm.next_logits("t", ctx + [5]), full_logits(oracle, ctx + [5]), atol=2e-4, rtol=1e-4)
     lm.drop("t")
 
 
-def oracle_tree(lm, ctx, budget, max_depth, topk, width, min_value, calibration):
+def oracle_tree(oracle, ctx, budget, max_depth, topk, width, min_value, calibration):
     """The same level-wise DySpec expansion, every distribution recomputed from the whole path."""
     nodes = []  # (token, parent, value, depth)
 
@@ -83,7 +98,7 @@ def oracle_tree(lm, ctx, budget, max_depth, topk, width, min_value, calibration)
             new.append(len(nodes) - 1)
         return new
 
-    level = children(-1, full_logits(lm, ctx).softmax(-1).numpy(), 1.0, 1)
+    level = children(-1, full_logits(oracle, ctx).softmax(-1).numpy(), 1.0, 1)
     for d in range(1, max_depth):
         if not level:
             break
@@ -93,7 +108,7 @@ def oracle_tree(lm, ctx, budget, max_depth, topk, width, min_value, calibration)
         expand = sorted(level, key=lambda i: (-nodes[i][2], i))[:width]
         level = []
         for i in expand:
-            level += children(i, full_logits(lm, ctx + path(i)).softmax(-1).numpy(), nodes[i][2], d + 1)
+            level += children(i, full_logits(oracle, ctx + path(i)).softmax(-1).numpy(), nodes[i][2], d + 1)
     keep = sorted(range(len(nodes)), key=lambda i: (-nodes[i][2], nodes[i][3], i))[:budget]
     return {tuple(path(i)): nodes[i][2] for i in keep}
 
@@ -104,7 +119,7 @@ def tree_paths(tree) -> dict:
 
 @pytest.mark.parametrize("budget,topk,width,min_value", [(16, 4, 4, 0.01), (10, 3, 2, 0.0), (6, 2, 8, 0.05)])
 @pytest.mark.parametrize("calibrated", [False, True])
-def test_expansion_equals_the_slow_oracle(zoo, budget, topk, width, min_value, calibrated):
+def test_expansion_equals_the_slow_oracle(zoo, oracle, budget, topk, width, min_value, calibrated):
     cfg = SpecplugConfig(method="dyspec", num_speculative_tokens=16, tree=True,
                          dyspec={"draft_model": str(zoo["draft"]), "topk": topk, "width": width, "min_value": min_value,
                                  "calibrate": calibrated})
@@ -119,7 +134,7 @@ def test_expansion_equals_the_slow_oracle(zoo, budget, topk, width, min_value, c
                 prop.calibration.update(1, b / 10 + 0.05, True)
     for i, p in enumerate(zoo["prompts"]):
         tree = prop.propose([ReqState(str(i), np.asarray(p), 20)], [Budget(budget, tree=True)])[0]
-        want = oracle_tree(prop.lm, p, budget, budget, topk, width, min_value, prop.calibration)
+        want = oracle_tree(oracle, p, budget, budget, topk, width, min_value, prop.calibration)
         got = tree_paths(tree)
         assert set(got) == set(want)
         for path, v in want.items():
@@ -152,7 +167,7 @@ def test_calibration_learns_from_the_committed_tokens(zoo):
     assert prop.calibration.hits.sum() == 1
 
 
-def test_chain_is_the_draft_models_greedy_continuation(zoo, lm):
+def test_chain_is_the_draft_models_greedy_continuation(zoo, oracle):
     cfg = SpecplugConfig(method="dyspec", num_speculative_tokens=8,
                          dyspec={"draft_model": str(zoo["draft"]), "min_value": 0.0, "calibrate": False})
     prop = cfg.build_proposer()
@@ -160,14 +175,14 @@ def test_chain_is_the_draft_models_greedy_continuation(zoo, lm):
     chain = prop.propose([ReqState("c", np.asarray(p), 20)], [Budget(8, tree=False)])[0]
     ids = list(p)
     for _ in range(8):
-        ids.append(int(full_logits(lm, ids).argmax()))
+        ids.append(int(full_logits(oracle, ids).argmax()))
     assert chain.chain_tokens() == ids[len(p):]
     # the next step after two accepted tokens and a bonus reuses the cache and is still exact
     ids2 = ids[: len(p) + 2] + [42]
     chain2 = prop.propose([ReqState("c", np.asarray(ids2), 20)], [Budget(4, tree=False)])[0]
     want = list(ids2)
     for _ in range(4):
-        want.append(int(full_logits(lm, want).argmax()))
+        want.append(int(full_logits(oracle, want).argmax()))
     assert chain2.chain_tokens() == want[len(ids2):]
 
 
@@ -214,7 +229,7 @@ def test_sample_without_replacement_draws_like_successive_renormalised_draws():
     assert sorted(sample_without_replacement(p, 9, rng).tolist()) == [0, 1, 2, 3]  # k past the support
 
 
-def test_sampled_tree_carries_the_distribution_each_node_was_drawn_from(zoo, lm):
+def test_sampled_tree_carries_the_distribution_each_node_was_drawn_from(zoo, oracle):
     """Budget.temperature > 0: a stochastic tree whose q rows are the draft model's softmax(logits / T)
     at each node's parent, with values that never grow along a parent's draw order."""
     prop = SpecplugConfig(method="dyspec", num_speculative_tokens=12, tree=True,
@@ -226,14 +241,14 @@ def test_sampled_tree_carries_the_distribution_each_node_was_drawn_from(zoo, lm)
         tree.validate(distinct_siblings=True)
         for i in range(tree.num_nodes):
             ctx = list(p) + [int(tree.tokens[j]) for j in tree.path_to(i)[:-1]]
-            want = torch.softmax(full_logits(lm, ctx) / 0.7, -1).numpy()
+            want = torch.softmax(full_logits(oracle, ctx) / 0.7, -1).numpy()
             np.testing.assert_allclose(tree.draft_probs[i], want, atol=2e-5)
         for node in [-1, *range(tree.num_nodes)]:
             kids = tree.children(node)
             assert all(tree.scores[a] >= tree.scores[b] for a, b in zip(kids, kids[1:]))
 
 
-def test_sampled_trees_verified_by_recursive_rejection_emit_the_target_distribution(zoo, lm):
+def test_sampled_trees_verified_by_recursive_rejection_emit_the_target_distribution(zoo):
     """The first token emitted after a sampled dyspec tree, verified by recursive rejection against
     the zoo target, follows the target's distribution (chi-square over many trees). The budget of
     3 nodes against topk 4 makes the top-B cut drop drawn siblings, which only keeping draw-order
@@ -241,10 +256,10 @@ def test_sampled_trees_verified_by_recursive_rejection_emit_the_target_distribut
     budget = 3
     from scipy.stats import chisquare
 
-    from specplug.proposers.draft_lm import DraftLM
+    from specplug.proposers.draft_lm import _load
     from specplug.verify import recursive_rejection
 
-    target = DraftLM(zoo["target"])
+    target = _load(zoo["target"])
     prop = SpecplugConfig(method="dyspec", num_speculative_tokens=12, tree=True,
                           dyspec={"draft_model": str(zoo["draft"]), "topk": 4, "min_value": 0.0}).build_proposer()
     prompt = zoo["prompts"][0]
@@ -263,3 +278,39 @@ def test_sampled_trees_verified_by_recursive_rejection_emit_the_target_distribut
     expected = [float(p_root[t]) * n for t in top] + [(1 - float(p_root[top].sum())) * n]
     assert chisquare(observed, expected).pvalue > 1e-3
     assert accepted > n // 4  # not vacuous: the draft's children were accepted often
+
+
+def test_top_k_stable_is_the_head_of_a_stable_argsort():
+    from specplug.proposers.dyspec import top_k_stable
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        probs = rng.choice([0.0, 0.1, 0.2, 0.3], size=rng.integers(1, 40)) if rng.random() < 0.5 else rng.random(50)
+        for k in (1, 2, 4, 60):
+            assert top_k_stable(probs, k).tolist() == np.argsort(-probs, kind="stable")[:k].tolist()
+
+
+@pytest.mark.parametrize("min_value", [0.0, 0.01])
+def test_chains_drafted_together_equal_each_chain_drafted_alone(zoo, min_value):
+    """Trees off: the requests' chains grow in one batched draft forward per depth; each is the
+    chain ``_grow`` drafts for that request alone (tokens, values, what calibration is told)."""
+    cfg = SpecplugConfig(method="dyspec", num_speculative_tokens=8,
+                         dyspec={"draft_model": str(zoo["draft"]), "min_value": min_value})
+    together, alone = cfg.build_proposer(), cfg.build_proposer()
+    longest = 0
+    for step in range(3):  # the caches carry over: later steps feed only the new tokens
+        reqs = [ReqState(f"r{i}", np.asarray(p[: 25 + 3 * i + step]), 20) for i, p in enumerate(zoo["prompts"])]
+        caps = [8, 3, 0]
+        trees = together.propose(reqs, [Budget(c, tree=False) for c in caps])
+        assert trees[2].num_nodes == 0
+        for r in reqs:  # what propose() does first, for every request
+            alone._learn(r.req_id, r.token_ids.tolist())
+        for r, cap, tree in zip(reqs[:2], caps, trees):
+            tokens = r.token_ids.tolist()
+            want = alone._grow(r.req_id, tokens, cap, cap, 1, 1)
+            assert tree.tokens.tolist() == want.tokens.tolist() and tree.parents.tolist() == want.parents.tolist()
+            if want.num_nodes:
+                np.testing.assert_allclose(tree.scores, want.scores, rtol=1e-5)
+                assert together._sent[r.req_id].tok == alone._sent[r.req_id].tok
+        longest = max([longest] + [t.num_nodes for t in trees])
+    assert longest > 2  # real chains, not single tokens

@@ -1,6 +1,13 @@
 """A small causal draft LM (a transformers folder) run by the proposer itself, one KV cache per
 request.
 
+Two implementations of the same three calls (``next_logits``, ``tree_level``, ``end_tree``):
+``LeanDraftLM``, the Llama forward written out in torch with preallocated caches
+(layer_skip_lm.py), for the architectures it supports, and ``TransformersDraftLM`` for any other.
+``load_draft_lm`` picks the first that fits. On the 2-layer zoo draft one draft token took about
+2.4 ms through transformers, most of it per-call overhead (masks, cache objects), and about
+0.4 ms written out (docs/benchmarks.md §9).
+
 The drafter never touches the engine's paged KV: it keeps its own cache of the request's
 committed tokens (cropped to the longest prefix still valid when drafts were rejected), so a
 wrong draft can never corrupt the target's cache. Tree nodes are appended behind the committed
@@ -10,6 +17,7 @@ tokens one *level* per forward, each attending to the committed tokens and its o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +25,25 @@ import torch
 
 from specplug.proposers.drafters import common_prefix
 
+logger = logging.getLogger("vllm.specplug")
+
 
 @dataclass
 class _Seq:
-    cache: object  # transformers DynamicCache
-    tokens: list[int] = field(default_factory=list)  # what the cache holds, in order
+    cache: object  # transformers DynamicCache, or a LayerCache
+    tokens: list[int] = field(default_factory=list)  # the committed tokens the cache holds, in order
+
+
+def load_draft_lm(folder: Path):
+    """The lean drafter where its forward supports the folder's config, else transformers'."""
+    from specplug.proposers.layer_skip_lm import LayerSkipError, LayerSkipLM
+
+    try:
+        LayerSkipLM.read_config(folder)
+    except LayerSkipError as e:
+        logger.info("specplug: draft model %s runs through transformers (%s)", folder, e)
+        return TransformersDraftLM(folder)
+    return LeanDraftLM(folder)
 
 
 def _load(folder: Path):
@@ -51,7 +73,7 @@ def _load(folder: Path):
     return model.eval()
 
 
-class DraftLM:
+class TransformersDraftLM:
     def __init__(self, folder: Path):
         self.model = _load(folder)
         cfg = self.model.config
@@ -61,6 +83,11 @@ class DraftLM:
 
     def drop(self, req_id: str) -> None:
         self._seqs.pop(req_id, None)
+
+    def held(self, req_id: str) -> tuple[list[int], int]:
+        """The committed tokens cached for the request, and how many positions its cache holds."""
+        seq = self._seqs[req_id]
+        return seq.tokens, seq.cache.get_seq_length()
 
     def _cache(self):
         from transformers import DynamicCache
@@ -117,3 +144,83 @@ class DraftLM:
         extra = seq.cache.get_seq_length() - len(seq.tokens)
         if extra > 0:
             seq.cache.crop(-extra)
+
+
+class LeanDraftLM:
+    """``TransformersDraftLM``'s calls on the written-out Llama forward (``LayerSkipLM``, nothing
+    skipped): one preallocated ``LayerCache`` per request, tree nodes appended behind the
+    committed tokens with an explicit mask and cropped away by ``end_tree``."""
+
+    def __init__(self, folder: Path):
+        from specplug.proposers.layer_skip_lm import LayerSkipLM
+
+        self.decoder = LayerSkipLM(folder)
+        self.vocab_size = self.decoder.vocab_size
+        self.max_positions = self.decoder.max_positions
+        self._seqs: dict[str, _Seq] = {}
+
+    def drop(self, req_id: str) -> None:
+        self._seqs.pop(req_id, None)
+
+    def held(self, req_id: str) -> tuple[list[int], int]:
+        seq = self._seqs[req_id]
+        return seq.tokens, seq.cache.length
+
+    @torch.no_grad()
+    def next_logits(self, req_id: str, tokens: list[int]) -> torch.Tensor:
+        """Logits [V] for the token after ``tokens``; afterwards the cache holds exactly ``tokens``."""
+        seq = self._seqs.get(req_id)
+        if seq is None:
+            seq = self._seqs[req_id] = _Seq(self.decoder.empty_cache())
+        keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)  # the last token is always fed
+        seq.cache.crop(keep)
+        del seq.tokens[keep:]
+        if len(tokens) - 1 > keep:  # catch up without the head, then the last token alone
+            self.decoder.forward(tokens[keep:-1], keep, seq.cache, logits=False)
+        logits = self.decoder.forward(tokens[-1:], len(tokens) - 1, seq.cache)
+        seq.tokens.extend(tokens[keep:])
+        return logits[-1]
+
+    @torch.no_grad()
+    def next_logits_batch(self, req_ids: list[str], token_lists: list[list[int]]) -> torch.Tensor:
+        """``next_logits`` for several requests, their last tokens in one forward: logits [B, V]."""
+        caches = []
+        for req_id, tokens in zip(req_ids, token_lists):
+            seq = self._seqs.get(req_id)
+            if seq is None:
+                seq = self._seqs[req_id] = _Seq(self.decoder.empty_cache())
+            keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)
+            seq.cache.crop(keep)
+            del seq.tokens[keep:]
+            if len(tokens) - 1 > keep:
+                self.decoder.forward(tokens[keep:-1], keep, seq.cache, logits=False)
+            seq.tokens.extend(tokens[keep:])  # the last one is appended by the batched forward
+            caches.append(seq.cache)
+        return self.decoder.forward_batch([t[-1] for t in token_lists], caches)
+
+    @torch.no_grad()
+    def extend_batch(self, req_ids: list[str], tokens: list[int]) -> torch.Tensor:
+        """A chain's next node for several requests in one forward (each the child of everything
+        its cache holds): logits [B, V]. ``end_tree`` drops them again."""
+        return self.decoder.forward_batch(tokens, [self._seqs[r].cache for r in req_ids])
+
+    @torch.no_grad()
+    def tree_level(self, req_id: str, tokens: list[int], positions: list[int],
+                   ancestors: list[list[int]]) -> torch.Tensor:
+        """As ``TransformersDraftLM.tree_level``."""
+        seq = self._seqs[req_id]
+        past, m = seq.cache.length, len(tokens)
+        if m == 1 and positions[0] == past and len(ancestors[0]) == past - len(seq.tokens):
+            # a chain's next node: it sees everything cached, at the next position (no mask)
+            return self.decoder.forward(tokens, past, seq.cache)
+        mask = torch.zeros(m, past + m, dtype=torch.bool)
+        mask[:, : len(seq.tokens)] = True
+        for i, anc in enumerate(ancestors):
+            if anc:
+                mask[i, anc] = True
+            mask[i, past + i] = True
+        return self.decoder.forward(tokens, past, seq.cache, positions=positions, mask=mask)
+
+    def end_tree(self, req_id: str) -> None:
+        seq = self._seqs[req_id]
+        seq.cache.crop(len(seq.tokens))

@@ -1,4 +1,5 @@
-"""A Llama decoder whose attention and MLP sub-layers can be skipped per call (SWIFT's drafter).
+"""A Llama decoder whose attention and MLP sub-layers can be skipped per call (SWIFT's drafter;
+with nothing skipped, dyspec's draft model: proposers/draft_lm.py).
 
 Written out in torch from the folder's safetensors instead of calling transformers' modules, so
 that skipping a sub-layer is one ``if`` and the KV cache is ours (``LayerCache``: per request,
@@ -98,27 +99,35 @@ class SkipDecoder:
 
     @torch.no_grad()
     def forward(self, ids: list[int], start: int, cache: LayerCache, skip_attn=frozenset(), skip_mlp=frozenset(),
-                visible: int | None = None, logits: bool = True) -> torch.Tensor | None:
+                visible: int | None = None, logits: bool = True, positions: list[int] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """Logits [n, V] of tokens ``ids`` at positions start.. (causal among themselves).
 
         The new tokens attend to the first ``visible`` cached positions (default: all, and then
         ``start`` must be ``cache.length``) and each other; their keys and values are written at
         positions cache.length.. of the layers that run attention, and cache.length grows by n
         (``crop`` removes them again). ``logits=False`` only fills the cache: the 49152-row head
-        of SmolLM2 costs as much as a tenth of its layers."""
+        of SmolLM2 costs as much as a tenth of its layers.
+
+        Tree nodes (dyspec's levels): ``mask`` [n, cache.length + n] (True: may attend) says which
+        cached slots and new tokens each new token sees, and ``positions`` gives their RoPE
+        positions (``start`` is then ignored)."""
         n = len(ids)
         past = cache.length if visible is None else visible
-        if visible is None and start != cache.length:
+        if mask is not None:
+            if visible is not None or positions is None or tuple(mask.shape) != (n, cache.length + n):
+                raise ValueError(f"a mask needs positions, all of the cache visible and shape ({n}, "
+                                 f"{cache.length + n}); got {tuple(mask.shape)}")
+        elif visible is None and start != cache.length:
             raise ValueError(f"forward at position {start} but the cache holds {cache.length} positions")
         cache.reserve(cache.length + n)
         a, b = cache.length, cache.length + n
         H, Hkv, D = self.num_heads, self.num_kv, self.head_dim
-        mask = None
-        if n > 1:  # causal among the new tokens, all of the visible past
+        if mask is None and n > 1:  # causal among the new tokens, all of the visible past
             mask = torch.ones(n, past + n, dtype=torch.bool)
             mask[:, past:] = torch.ones(n, n, dtype=torch.bool).tril()
         h = self._embed(ids)
-        positions = torch.arange(start, start + n)
+        positions = torch.arange(start, start + n) if positions is None else torch.tensor(positions)
         for i in range(self.num_layers):
             if i not in skip_attn:
                 q, k, v = self._qkv(i, h, positions)  # float32 [heads, n, D], keys after RoPE
@@ -128,7 +137,7 @@ class SkipDecoder:
                 else:
                     keys = torch.cat([cache.k[i][:, :visible], k], dim=1)
                     values = torch.cat([cache.v[i][:, :visible], v], dim=1)
-                if n == 1:
+                if mask is None:  # one token
                     att = self._attend_one(q[:, 0], keys, values).view(H, 1, D)
                 else:
                     att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=H != Hkv)
