@@ -314,3 +314,21 @@ def test_chains_drafted_together_equal_each_chain_drafted_alone(zoo, min_value):
                 assert together._sent[r.req_id].tok == alone._sent[r.req_id].tok
         longest = max([longest] + [t.num_nodes for t in trees])
     assert longest > 2  # real chains, not single tokens
+
+
+def test_a_kept_chain_serves_the_next_step_where_accepted_and_is_cropped_where_not(zoo, oracle):
+    """LeanDraftLM.end_chain keeps the chain's fed nodes cached as committed tokens; the next
+    step's logits equal a full recomputation whether the target accepted them or not."""
+    from specplug.proposers.draft_lm import LeanDraftLM
+
+    lm = LeanDraftLM(zoo["draft"])
+    ctx = zoo["prompts"][0][:30]
+    for after in ([41, 42, 7], [41, 9], [5], [41, 42, 43, 8]):  # accepted 2, 1, 0, all 3 (+ the target's token)
+        lm.next_logits_batch(["a"], [ctx])
+        lm.extend_batch(["a"], [41])
+        lm.extend_batch(["a"], [42])
+        lm.end_chain("a", [41, 42, 43])  # 43 was drafted last, never fed
+        assert lm.held("a") == (ctx + [41, 42], len(ctx) + 2)
+        got = lm.next_logits_batch(["a"], [ctx + after])[0]
+        torch.testing.assert_close(got, full_logits(oracle, ctx + after), atol=2e-4, rtol=1e-4)
+        assert lm.held("a") == (ctx + after, len(ctx + after))

@@ -224,3 +224,12 @@ class LeanDraftLM:
     def end_tree(self, req_id: str) -> None:
         seq = self._seqs[req_id]
         seq.cache.crop(len(seq.tokens))
+
+    def end_chain(self, req_id: str, drafted: list[int]) -> None:
+        """Keep a chain's nodes cached as if committed: they sit at their own positions behind the
+        committed tokens, so where the target accepts them the next ``next_logits`` feeds only
+        the token it added, not the accepted ones again; where it rejects, the cache is cropped
+        to the common prefix as always."""
+        seq = self._seqs[req_id]
+        fed = seq.cache.length - len(seq.tokens)  # the last drafted token is never fed
+        seq.tokens.extend(drafted[:fed])

@@ -193,6 +193,7 @@ class DySpecProposer(Proposer):
         req_ids = [req_id for _, req_id, _, _ in chains]
         drafted = [([], [], []) for _ in chains]  # per chain: tokens, values, q
         active = list(range(len(chains)))
+        done = False
         try:
             logits = lm.next_logits_batch(req_ids, [tokens for _, _, tokens, _ in chains])
             while active:
@@ -211,9 +212,13 @@ class DySpecProposer(Proposer):
                 active = still
                 if active:
                     logits = lm.extend_batch([req_ids[c] for c in active], [drafted[c][0][-1] for c in active])
+            done = True
         finally:
-            for req_id in req_ids:
-                lm.end_tree(req_id)
+            for req_id, (tok, _, _) in zip(req_ids, drafted):
+                if done:  # the accepted part need not be fed again next step
+                    lm.end_chain(req_id, tok)
+                else:
+                    lm.end_tree(req_id)
         out = []
         for (_, req_id, tokens, _), (tok, val, qs) in zip(chains, drafted):
             if not tok:
