@@ -38,6 +38,9 @@ Where the engine verifies chains, the draft is grown as a chain (``topk`` = ``wi
 draft model's greedy continuation, stopped once its value falls below ``min_value``; any draft is
 exact there (vLLM accepts a chain token with probability p(x)).
 The node budget per request is the controller's (it shrinks as the batch grows).
+With the written-out draft model (``LeanDraftLM``) the step's chains are drafted together, one
+draft forward per depth for every request still drafting (``_grow_chains``, the same chains as
+``_grow`` with ``topk`` = ``width`` = 1); trees are grown request by request.
 """
 
 from __future__ import annotations
