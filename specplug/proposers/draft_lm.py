@@ -166,24 +166,15 @@ class LeanDraftLM:
         seq = self._seqs[req_id]
         return seq.tokens, seq.cache.length
 
-    @torch.no_grad()
     def next_logits(self, req_id: str, tokens: list[int]) -> torch.Tensor:
         """Logits [V] for the token after ``tokens``; afterwards the cache holds exactly ``tokens``."""
-        seq = self._seqs.get(req_id)
-        if seq is None:
-            seq = self._seqs[req_id] = _Seq(self.decoder.empty_cache())
-        keep = min(common_prefix(seq.tokens, tokens), len(tokens) - 1)  # the last token is always fed
-        seq.cache.crop(keep)
-        del seq.tokens[keep:]
-        if len(tokens) - 1 > keep:  # catch up without the head, then the last token alone
-            self.decoder.forward(tokens[keep:-1], keep, seq.cache, logits=False)
-        logits = self.decoder.forward(tokens[-1:], len(tokens) - 1, seq.cache)
-        seq.tokens.extend(tokens[keep:])
-        return logits[-1]
+        return self.next_logits_batch([req_id], [tokens])[0]
 
     @torch.no_grad()
     def next_logits_batch(self, req_ids: list[str], token_lists: list[list[int]]) -> torch.Tensor:
-        """``next_logits`` for several requests, their last tokens in one forward: logits [B, V]."""
+        """``next_logits`` for several requests, their last tokens in one forward: logits [B, V].
+        Each cache is cropped to the longest prefix it still matches (the last token is always
+        fed), caught up without the head, then the last tokens run together."""
         caches = []
         for req_id, tokens in zip(req_ids, token_lists):
             seq = self._seqs.get(req_id)
