@@ -4,9 +4,9 @@ request.
 Two implementations of the same three calls (``next_logits``, ``tree_level``, ``end_tree``):
 ``LeanDraftLM``, the Llama forward written out in torch with preallocated caches
 (layer_skip_lm.py), for the architectures it supports, and ``TransformersDraftLM`` for any other.
-``load_draft_lm`` picks the first that fits. On the 2-layer zoo draft one draft token took about
-2.4 ms through transformers, most of it per-call overhead (masks, cache objects), and about
-0.4 ms written out (docs/benchmarks.md §9).
+``load_draft_lm`` picks the first that fits. On the 2-layer zoo draft one draft token took
+1.40 ms through transformers, most of it per-call overhead (masks, cache objects), and 0.78 ms
+written out (outside the engine, 300 cached tokens; docs/benchmarks.md §9).
 
 The drafter never touches the engine's paged KV: it keeps its own cache of the request's
 committed tokens (cropped to the longest prefix still valid when drafts were rejected), so a
@@ -32,6 +32,19 @@ logger = logging.getLogger("vllm.specplug")
 class _Seq:
     cache: object  # transformers DynamicCache, or a LayerCache
     tokens: list[int] = field(default_factory=list)  # the committed tokens the cache holds, in order
+
+
+def _tree_mask(committed: int, past: int, ancestors: list[list[int]]) -> torch.Tensor:
+    """[m, past + m], True where tree node i may attend: every committed token, the cache slots of
+    its ancestors, and itself (appended at slot past + i)."""
+    m = len(ancestors)
+    mask = torch.zeros(m, past + m, dtype=torch.bool)
+    mask[:, :committed] = True
+    for i, anc in enumerate(ancestors):
+        if anc:
+            mask[i, anc] = True
+        mask[i, past + i] = True
+    return mask
 
 
 def load_draft_lm(folder: Path):
@@ -127,13 +140,7 @@ class TransformersDraftLM:
         committed token, those ancestors and itself; it is appended at the next free slot."""
         seq = self._seqs[req_id]
         past = seq.cache.get_seq_length()
-        m = len(tokens)
-        mask = torch.zeros(1, 1, m, past + m, dtype=torch.bool)
-        mask[0, 0, :, : len(seq.tokens)] = True
-        for i, anc in enumerate(ancestors):
-            if anc:
-                mask[0, 0, i, anc] = True
-            mask[0, 0, i, past + i] = True
+        mask = _tree_mask(len(seq.tokens), past, ancestors)[None, None]
         out = self.model(torch.tensor([tokens]), past_key_values=seq.cache, use_cache=True,
                          attention_mask=mask, position_ids=torch.tensor([positions]))
         return out.logits[0].float()
@@ -192,7 +199,7 @@ class LeanDraftLM:
     @torch.no_grad()
     def extend_batch(self, req_ids: list[str], tokens: list[int]) -> torch.Tensor:
         """A chain's next node for several requests in one forward (each the child of everything
-        its cache holds): logits [B, V]. ``end_tree`` drops them again."""
+        its cache holds): logits [B, V]. ``end_chain`` keeps them, ``end_tree`` drops them."""
         return self.decoder.forward_batch(tokens, [self._seqs[r].cache for r in req_ids])
 
     @torch.no_grad()
@@ -204,13 +211,8 @@ class LeanDraftLM:
         if m == 1 and positions[0] == past and len(ancestors[0]) == past - len(seq.tokens):
             # a chain's next node: it sees everything cached, at the next position (no mask)
             return self.decoder.forward(tokens, past, seq.cache)
-        mask = torch.zeros(m, past + m, dtype=torch.bool)
-        mask[:, : len(seq.tokens)] = True
-        for i, anc in enumerate(ancestors):
-            if anc:
-                mask[i, anc] = True
-            mask[i, past + i] = True
-        return self.decoder.forward(tokens, past, seq.cache, positions=positions, mask=mask)
+        return self.decoder.forward(tokens, past, seq.cache, positions=positions,
+                                    mask=_tree_mask(len(seq.tokens), past, ancestors))
 
     def end_tree(self, req_id: str) -> None:
         seq = self._seqs[req_id]
